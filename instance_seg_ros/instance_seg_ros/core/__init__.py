@@ -1,0 +1,1 @@
+"""Pure core: decoding, model, lifting, geometry, pipeline, config. Nothing here imports rclpy."""

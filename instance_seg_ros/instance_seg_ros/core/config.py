@@ -1,0 +1,346 @@
+"""One typed, validated configuration for the whole pipeline.
+
+The dotted keys (``model.weights``, ``depth.max`` …) are exactly the ROS parameter names of
+``instance_seg_node`` and the keys of ``config/*.yaml``, so the same file configures the node, the
+evaluator and the benchmark (the kiss-icp pattern). Nothing here imports ROS.
+
+Example::
+
+    cfg = Config.from_flat({"model.score_threshold": 0.7, "depth.max": 2.0})
+    cfg = Config.from_yaml("config/default.yaml")
+    cfg.to_flat()["model.device"]  # 'auto'
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+__all__ = [
+    "CloudConfig",
+    "Config",
+    "ConfigError",
+    "DepthConfig",
+    "InputConfig",
+    "ModelConfig",
+    "OcclusionConfig",
+    "ParamSpec",
+    "SyncConfig",
+]
+
+
+class ConfigError(ValueError):
+    """A configuration value is invalid; the message says which key and what is allowed."""
+
+
+def _p(
+    default: Any,
+    description: str,
+    *,
+    choices: tuple[Any, ...] | None = None,
+    low: float | None = None,
+    high: float | None = None,
+    dynamic: bool = False,
+    choices_open: bool = False,
+) -> Any:
+    """A dataclass field carrying its parameter descriptor.
+
+    ``dynamic`` parameters may change while the node runs; the others need a reconfigure.
+    ``choices_open`` means ``choices`` are examples (e.g. device ``cuda:1`` is also valid).
+    """
+    meta = {
+        "description": description,
+        "choices": choices,
+        "low": low,
+        "high": high,
+        "dynamic": dynamic,
+        "choices_open": choices_open,
+    }
+    return field(default=default, metadata=meta)
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    weights: str = _p(
+        "bundled",
+        "Model weights: 'bundled' (the model shipped in this package), 'none' (untrained, for tests and "
+        "benchmarks only), 'coco' (torchvision COCO weights, needs a download), or a path to a .pt "
+        "checkpoint written by `isr train`.",
+    )
+    backbone: str = _p(
+        "resnet18_fpn",
+        "Backbone when the weights do not fix it ('none' weights): resnet50_fpn, resnet18_fpn, "
+        "mobilenet_v3_large_fpn, efficientnet_lite0_fpn.",
+        choices=("resnet50_fpn", "resnet18_fpn", "mobilenet_v3_large_fpn", "efficientnet_lite0_fpn"),
+    )
+    input_mode: str = _p(
+        "rgb", "Network input when the weights do not fix it: rgb, or rgbd (depth as a 4th channel).",
+        choices=("rgb", "rgbd"),
+    )
+    device: str = _p(
+        "auto", "Inference device: auto (cuda if available), cpu, cuda, cuda:N.",
+        choices=("auto", "cpu", "cuda"), choices_open=True,
+    )
+    precision: str = _p(
+        "fp32", "Inference precision: fp32, fp16 or bf16 (autocast, CUDA only; fp32 on CPU).",
+        choices=("fp32", "fp16", "bf16"),
+    )
+    score_threshold: float = _p(0.5, "Minimum detection score.", low=0.0, high=1.0, dynamic=True)
+    mask_threshold: float = _p(
+        0.5, "Mask probability above which a pixel belongs to the instance.", low=0.0, high=1.0, dynamic=True
+    )
+    nms_threshold: float = _p(0.5, "Box IoU above which lower-scored detections are suppressed.", low=0.0, high=1.0)
+    max_instances: int = _p(30, "At most this many instances per frame (highest scores kept).", low=1, high=1000,
+                            dynamic=True)
+    min_size: int = _p(
+        0, "Network input short side in pixels; 0 = the camera's own resolution (no upscaling).", low=0, high=4096
+    )
+    max_size: int = _p(
+        0, "Network input long side cap in pixels; 0 = the camera's own resolution.", low=0, high=8192
+    )
+    warmup: bool = _p(True, "Run one dummy frame when the model loads, so the first real frame is not slow.")
+    threads: int = _p(0, "CPU threads for torch; 0 = leave torch's default.", low=0, high=256)
+
+
+@dataclass(frozen=True)
+class DepthConfig:
+    min: float = _p(0.1, "Depth below this (meters) is invalid.", low=0.0, high=100.0, dynamic=True)
+    max: float = _p(5.0, "Depth above this (meters) is invalid.", low=0.0, high=100.0, dynamic=True)
+    scale_16uc1: float = _p(0.001, "Meters per unit of 16UC1 depth (0.001 = millimetres).", low=1e-6, high=1.0)
+    flying_pixel_threshold: float = _p(
+        0.03,
+        "Drop mask pixels whose depth differs from a 4-neighbour by more than this fraction of their own "
+        "depth (flying pixels at depth discontinuities); 0 disables.",
+        low=0.0, high=1.0, dynamic=True,
+    )
+    erode_px: int = _p(0, "Erode each visible mask by this many pixels before lifting.", low=0, high=20,
+                       dynamic=True)
+
+
+@dataclass(frozen=True)
+class CloudConfig:
+    with_rgb: bool = _p(True, "Add an rgb field to each instance's point cloud.", dynamic=True)
+    voxel_size: float = _p(0.0, "Voxel downsampling of each cloud, meters; 0 disables.", low=0.0, high=1.0,
+                           dynamic=True)
+    outlier_removal: bool = _p(False, "Statistical outlier removal on each cloud (Open3D).", dynamic=True)
+    outlier_neighbors: int = _p(20, "Neighbours for statistical outlier removal.", low=1, high=1000, dynamic=True)
+    outlier_std_ratio: float = _p(2.0, "Std-dev ratio for statistical outlier removal.", low=0.01, high=100.0,
+                                  dynamic=True)
+    min_points: int = _p(10, "Instances with fewer valid 3D points get no box (zeros) but are still reported.",
+                         low=0, high=1_000_000, dynamic=True)
+
+
+@dataclass(frozen=True)
+class OcclusionConfig:
+    threshold: float = _p(0.1, "is_occluded is true when the hidden fraction exceeds this.", low=0.0, high=1.0,
+                          dynamic=True)
+
+
+@dataclass(frozen=True)
+class InputConfig:
+    max_width: int = _p(4096, "Frames wider than this are rejected as absurd.", low=1, high=65535)
+    max_height: int = _p(4096, "Frames taller than this are rejected as absurd.", low=1, high=65535)
+
+
+@dataclass(frozen=True)
+class SyncConfig:
+    slop: float = _p(0.02, "Max stamp difference (s) for color, depth and camera_info to form one frame.",
+                     low=0.0, high=10.0, dynamic=True)
+    queue_size: int = _p(10, "Unmatched messages kept per input stream.", low=1, high=1000)
+    max_age: float = _p(1.0, "Unmatched messages older than this (s, behind the newest) are dropped.",
+                        low=0.0, high=60.0, dynamic=True)
+
+
+_SECTIONS = {
+    "model": ModelConfig,
+    "depth": DepthConfig,
+    "cloud": CloudConfig,
+    "occlusion": OcclusionConfig,
+    "input": InputConfig,
+    "sync": SyncConfig,
+}
+
+
+@dataclass(frozen=True)
+class ParamSpec:
+    """Descriptor of one dotted parameter (what the node declares)."""
+
+    name: str
+    default: Any
+    type: type
+    description: str
+    choices: tuple[Any, ...] | None
+    low: float | None
+    high: float | None
+    dynamic: bool
+    choices_open: bool
+
+
+@dataclass(frozen=True)
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    depth: DepthConfig = field(default_factory=DepthConfig)
+    cloud: CloudConfig = field(default_factory=CloudConfig)
+    occlusion: OcclusionConfig = field(default_factory=OcclusionConfig)
+    input: InputConfig = field(default_factory=InputConfig)
+    sync: SyncConfig = field(default_factory=SyncConfig)
+
+    def __post_init__(self) -> None:
+        for spec in self.specs():
+            _check(spec, self.get(spec.name))
+        if self.depth.min >= self.depth.max:
+            raise ConfigError(
+                f"depth.min ({self.depth.min}) must be below depth.max ({self.depth.max})."
+            )
+        if self.model.min_size and self.model.max_size and self.model.min_size > self.model.max_size:
+            raise ConfigError(
+                f"model.min_size ({self.model.min_size}) must not exceed model.max_size ({self.model.max_size})."
+            )
+
+    # ----------------------------------------------------------------- descriptors
+    @staticmethod
+    def specs() -> Iterator[ParamSpec]:
+        """Every dotted parameter with its default and descriptor, in declaration order."""
+        for section, cls in _SECTIONS.items():
+            for f in dataclasses.fields(cls):
+                m = f.metadata
+                yield ParamSpec(
+                    name=f"{section}.{f.name}",
+                    default=f.default,
+                    type=type(f.default),
+                    description=m["description"],
+                    choices=m["choices"],
+                    low=m["low"],
+                    high=m["high"],
+                    dynamic=m["dynamic"],
+                    choices_open=m["choices_open"],
+                )
+
+    @staticmethod
+    def spec(name: str) -> ParamSpec:
+        for s in Config.specs():
+            if s.name == name:
+                return s
+        raise ConfigError(f"Unknown parameter '{name}'. Known: {', '.join(s.name for s in Config.specs())}.")
+
+    # ----------------------------------------------------------------- access
+    def get(self, name: str) -> Any:
+        section, _, key = name.partition(".")
+        if section not in _SECTIONS or not key:
+            raise ConfigError(f"Unknown parameter '{name}'.")
+        return getattr(getattr(self, section), key)
+
+    def to_flat(self) -> dict[str, Any]:
+        return {s.name: self.get(s.name) for s in self.specs()}
+
+    def to_nested(self) -> dict[str, dict[str, Any]]:
+        return {sec: dataclasses.asdict(getattr(self, sec)) for sec in _SECTIONS}
+
+    def replace(self, **flat: Any) -> Config:
+        """A validated copy with some dotted keys changed: ``cfg.replace(**{"depth.max": 2.0})``."""
+        return Config.from_flat({**self.to_flat(), **flat})
+
+    # ----------------------------------------------------------------- construction
+    @classmethod
+    def from_flat(cls, flat: dict[str, Any]) -> Config:
+        """Build from dotted keys; unknown keys and wrongly typed values raise ConfigError."""
+        sections: dict[str, dict[str, Any]] = {sec: {} for sec in _SECTIONS}
+        for name, value in flat.items():
+            spec = cls.spec(name)
+            section, _, key = name.partition(".")
+            sections[section][key] = _coerce(spec, value)
+        return cls(**{sec: _SECTIONS[sec](**vals) for sec, vals in sections.items()})
+
+    @classmethod
+    def from_nested(cls, nested: dict[str, Any]) -> Config:
+        return cls.from_flat(_flatten(nested))
+
+    @classmethod
+    def from_yaml(cls, path: str | Path, node_name: str | None = None) -> Config:
+        """Read a plain nested YAML or a ROS 2 params file (``node: {ros__parameters: {...}}``)."""
+        import yaml
+
+        p = Path(path)
+        try:
+            data = yaml.safe_load(p.read_text()) or {}
+        except (OSError, yaml.YAMLError) as exc:
+            raise ConfigError(f"Cannot read config file {p}: {exc}") from exc
+        return cls.from_nested(_ros_params_section(data, node_name))
+
+
+def _ros_params_section(data: dict[str, Any], node_name: str | None) -> dict[str, Any]:
+    """Strip the ROS params-file wrapper (``/**`` or a node name, then ``ros__parameters``)."""
+    if not isinstance(data, dict):
+        raise ConfigError("A config file must hold a mapping of parameters.")
+    wrapped = {k: v for k, v in data.items() if isinstance(v, dict) and "ros__parameters" in v}
+    if not wrapped:
+        return data
+    merged: dict[str, Any] = {}
+    for key in ("/**", "**"):
+        if key in wrapped:
+            merged.update(_flatten(wrapped[key]["ros__parameters"]))
+    names = [k for k in wrapped if k not in ("/**", "**")]
+    if node_name is not None:
+        names = [k for k in names if k.lstrip("/").split("/")[-1] == node_name]
+    for key in names:
+        merged.update(_flatten(wrapped[key]["ros__parameters"]))
+    # keys for other tools in the same file (e.g. topic names) are not ours
+    known = {s.name for s in Config.specs()}
+    return {k: v for k, v in merged.items() if k in known}
+
+
+def _flatten(nested: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in nested.items():
+        name = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(_flatten(v, name + "."))
+        else:
+            out[name] = v
+    return out
+
+
+def _coerce(spec: ParamSpec, value: Any) -> Any:
+    t = spec.type
+    if t is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{spec.name} must be true or false, got {value!r}.")
+    if t is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            if isinstance(value, float) and value.is_integer():
+                return int(value)
+            raise ConfigError(f"{spec.name} must be an integer, got {value!r}.")
+        return value
+    if t is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{spec.name} must be a number, got {value!r}.")
+        return float(value)
+    if t is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{spec.name} must be a string, got {value!r}.")
+        return value
+    return value
+
+
+def _check(spec: ParamSpec, value: Any) -> None:
+    _coerce(spec, value)
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ConfigError(f"{spec.name} must be finite, got {value!r}.")
+    if spec.low is not None and value < spec.low or spec.high is not None and value > spec.high:
+        raise ConfigError(f"{spec.name} must be within [{spec.low}, {spec.high}], got {value!r}.")
+    if spec.choices is not None:
+        ok = value in spec.choices
+        if not ok and spec.choices_open and spec.name == "model.device":
+            ok = _valid_cuda_device(value)
+        if not ok:
+            raise ConfigError(f"{spec.name} must be one of {', '.join(map(str, spec.choices))}, got {value!r}.")
+
+
+def _valid_cuda_device(value: str) -> bool:
+    head, _, idx = value.partition(":")
+    return head == "cuda" and idx.isdigit()
