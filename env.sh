@@ -19,7 +19,7 @@ _isr_prepend AMENT_PREFIX_PATH "$_isr_inst/instance_seg_msgs"
 _isr_prepend AMENT_PREFIX_PATH "$_isr_inst/instance_seg_ros"
 _isr_prepend CMAKE_PREFIX_PATH "$_isr_venv"
 _isr_prepend PYTHONPATH "$_isr_inst/instance_seg_msgs/lib/$_isr_py/site-packages"
-_isr_prepend PYTHONPATH "$_isr_root/instance_seg_ros"
+_isr_prepend PYTHONPATH "$_isr_root/build/instance_seg_ros"  # symlink install: package links to the source, plus its egg-info
 _isr_prepend LD_LIBRARY_PATH "$_isr_venv/lib"
 _isr_prepend LD_LIBRARY_PATH "$_isr_inst/instance_seg_msgs/lib"
 
