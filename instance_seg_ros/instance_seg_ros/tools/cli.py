@@ -38,9 +38,10 @@ def get_parser() -> tuple[argparse.ArgumentParser, dict[str, object]]:
     available: dict[str, object] = {}
     for name, (_, help_text) in SUBCOMMANDS.items():
         mod = _load(name)
+        p = sub.add_parser(name, help=help_text if mod else f"(not yet available) {help_text}", description=help_text)
         if mod is None:
+            p.add_argument("rest", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
             continue
-        p = sub.add_parser(name, help=help_text, description=help_text)
         mod.add_arguments(p)
         available[name] = mod
     return parser, available
@@ -52,6 +53,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 2
+    if args.command not in available:
+        print(f"isr {args.command}: not yet available in this version of instance_seg_ros.", file=sys.stderr)
+        return 3
     return int(available[args.command].run(args) or 0)
 
 

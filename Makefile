@@ -1,0 +1,63 @@
+# Two commands do everything on a fresh Debian machine (no ROS installed):
+#   make test   set up, then lint and run the test suite
+#   make demo   set up, then run the demo (simulated camera + instance_seg_node over real DDS)
+# Set-up is idempotent and stamp-driven: a second run with nothing changed takes seconds.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMPS := .stamps
+REQS := requirements/ros.txt requirements/ml.txt requirements/dev.txt
+MSG_SRC := instance_seg_msgs/CMakeLists.txt instance_seg_msgs/package.xml $(wildcard instance_seg_msgs/msg/*.msg)
+PKG_SRC := instance_seg_ros/setup.py instance_seg_ros/setup.cfg instance_seg_ros/package.xml \
+	$(wildcard instance_seg_ros/launch/*.py) $(wildcard instance_seg_ros/config/*.yaml)
+PYTEST_ARGS ?=
+
+.PHONY: help setup test demo lint format clean distclean
+
+help:
+	@echo "make test    set up (venv, ROS 2 wheels, colcon build), lint, run the tests"
+	@echo "make demo    set up, then run the demo (sim camera + instance_seg_node), outputs in demo_out/"
+	@echo "make setup   only the set-up;  then: source env.sh"
+	@echo "make lint | clean | distclean"
+
+setup: $(STAMPS)/build
+
+$(STAMPS)/system:
+	@mkdir -p $(STAMPS)
+	scripts/install_system_deps.sh
+	@touch $@
+
+$(STAMPS)/venv: $(REQS) scripts/fix_wheel_cmake.sh
+	@mkdir -p $(STAMPS)
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --disable-pip-version-check -r requirements/ros.txt -r requirements/ml.txt \
+		-r requirements/dev.txt
+	scripts/fix_wheel_cmake.sh $(VENV)
+	@touch $@
+
+$(STAMPS)/build: $(STAMPS)/system $(STAMPS)/venv $(MSG_SRC) $(PKG_SRC)
+	source ./env.sh && colcon --log-base log build --symlink-install \
+		--base-paths instance_seg_msgs instance_seg_ros \
+		--cmake-args -DPython3_EXECUTABLE=$(CURDIR)/$(PY) -DBUILD_TESTING=OFF
+	@touch $@
+
+lint: setup
+	source ./env.sh && ruff check instance_seg_ros
+
+test: setup
+	source ./env.sh && ruff check instance_seg_ros && python -m pytest instance_seg_ros/test $(PYTEST_ARGS)
+
+demo: setup
+	source ./env.sh && isr demo
+
+format: setup
+	source ./env.sh && ruff check --fix instance_seg_ros && ruff format instance_seg_ros
+
+clean:
+	rm -rf build install log $(STAMPS)/build demo_out
+
+distclean: clean
+	rm -rf $(VENV) $(STAMPS)
