@@ -593,13 +593,14 @@ class Camera:
 
 @functools.lru_cache(maxsize=256)
 def _gl_projection(fx: float, fy: float, cx: float, cy: float, w: int, h: int, n: float, f: float) -> list[float]:
-    # Pixel centres at integer coordinates: pixel u covers window x in [u, u + 1), so
-    # x_ndc = 2 (u + 0.5) / w - 1 with u = fx X / Z + cx; image rows run downwards (PyBullet returns row 0 on top).
+    # TinyRenderer samples pixel i of the window at window coordinate x = i (rows bottom-up: row v of the returned
+    # image, which has row 0 on top, is sampled at y = h - 1 - v). Mapping x = u and y = h - 1 - v puts those samples
+    # exactly on the pixel centres of the pinhole model u = fx X / Z + cx, v = fy Y / Z + cy.
     p = np.zeros((4, 4))
     p[0, 0] = 2.0 * fx / w
-    p[0, 2] = 1.0 - 2.0 * (cx + 0.5) / w
+    p[0, 2] = 1.0 - 2.0 * cx / w
     p[1, 1] = 2.0 * fy / h
-    p[1, 2] = 2.0 * (cy + 0.5) / h - 1.0
+    p[1, 2] = 2.0 * (cy + 1.0) / h - 1.0
     p[2, 2] = -(f + n) / (f - n)
     p[2, 3] = -2.0 * f * n / (f - n)
     p[3, 2] = -1.0
