@@ -1,0 +1,375 @@
+"""Run the amodal Mask R-CNN on one camera frame.
+
+>>> model, meta = load_model("none", backbone="resnet18_fpn", input_mode="rgb")
+>>> predictor = Predictor(model, meta, device="auto", score_threshold=0.5)
+>>> det = predictor.predict(color, depth)          # color [H, W, 3] uint8 RGB, depth [H, W] float32 m
+>>> det.masks.shape, det.timings["inference"]      # torch.Size([N, H, W]) bool on the device, ms
+
+The network runs at the camera's own resolution unless ``min_size`` / ``max_size`` are set (no
+upscaling to torchvision's 800 px). Results stay torch tensors **on the device**; the caller decides
+what to copy back.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torchvision.models.detection.roi_heads import expand_boxes, expand_masks
+from torchvision.models.detection.transform import resize_boxes
+
+from .amodal_maskrcnn import AmodalMaskRCNN
+from .inputs import check_frame, frame_to_input
+from .weights import ModelMeta, load_model
+
+__all__ = ["Detections", "Predictor", "PredictorError", "paste_masks_thresholded", "resolve_device"]
+
+_log = logging.getLogger(__name__)
+PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+class PredictorError(ValueError):
+    """A predictor setting is invalid or cannot be honoured here; the message says what to change."""
+
+
+@dataclass
+class Detections:
+    """Detections of one frame, sorted by descending score; tensors live on the predictor's device.
+
+    Attributes:
+        boxes (Tensor[N, 4] float32): x1, y1, x2, y2 in image pixels (the box the masks were pasted in;
+            it bounds the amodal mask).
+        labels (Tensor[N] int64): class index into ``class_names`` (1.. ; 0 is the background).
+        scores (Tensor[N] float32): detection confidence, all ≥ the score threshold.
+        masks (Tensor[N, H, W] bool): visible masks.
+        amodal_masks (Tensor[N, H, W] bool): full-shape masks; ``amodal_masks ⊇ masks`` always.
+        occlusion_pred (Tensor[N] float32): predicted hidden fraction in [0, 1].
+        class_names (list[str]): the model's class names (``class_names[label]``).
+        timings (dict[str, float]): milliseconds for ``preprocess``, ``inference``, ``postprocess``.
+    """
+
+    boxes: torch.Tensor
+    labels: torch.Tensor
+    scores: torch.Tensor
+    masks: torch.Tensor
+    amodal_masks: torch.Tensor
+    occlusion_pred: torch.Tensor
+    class_names: list[str]
+    timings: dict[str, float] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return int(self.scores.shape[0])
+
+    @property
+    def image_size(self) -> tuple[int, int]:
+        """(H, W) of the masks."""
+        return int(self.masks.shape[1]), int(self.masks.shape[2])
+
+    def names(self) -> list[str]:
+        """Class name of each detection."""
+        return [self.class_names[i] for i in self.labels.tolist()]
+
+    def to(self, device: torch.device | str) -> Detections:
+        """A copy with every tensor on ``device`` (e.g. ``"cpu"`` before converting to numpy)."""
+        t = {k: getattr(self, k).to(device) for k in ("boxes", "labels", "scores", "masks", "amodal_masks",
+                                                         "occlusion_pred")}
+        return Detections(**t, class_names=self.class_names, timings=dict(self.timings))
+
+
+def resolve_device(device: str | torch.device) -> torch.device:
+    """``auto`` → cuda when available else cpu; ``cpu``, ``cuda``, ``cuda:N`` are checked against this machine."""
+    name = str(device).strip().lower()
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    head, _, idx = name.partition(":")
+    if head == "cpu" and not idx:
+        return torch.device("cpu")
+    if head == "cuda" and (not idx or idx.isdigit()):
+        if not torch.cuda.is_available():
+            raise PredictorError(f"device {device!r} asked for, but CUDA is not available here; use 'cpu' or 'auto'.")
+        if idx and int(idx) >= torch.cuda.device_count():
+            raise PredictorError(
+                f"device {device!r} does not exist: this machine has {torch.cuda.device_count()} CUDA device(s)."
+            )
+        return torch.device(name)
+    raise PredictorError(f"device must be auto, cpu, cuda or cuda:N, got {device!r}.")
+
+
+def paste_masks_thresholded(
+    probs: torch.Tensor, boxes: torch.Tensor, image_size: tuple[int, int], threshold: float
+) -> torch.Tensor:
+    """Paste RoI mask probabilities into the image and threshold them.
+
+    Same geometry as torchvision's ``paste_masks_in_image`` (1-pixel padding, bilinear resize to
+    the box), but all channels of an RoI in one resize, and bool output (no float image per mask).
+
+    Args:
+        probs (Tensor[N, K, M, M] float): K mask channels per RoI (e.g. visible and amodal).
+        boxes (Tensor[N, 4] float): boxes in image pixels.
+        image_size ((H, W)): output size.
+        threshold (float): a pixel is inside when its probability is above this.
+
+    Returns:
+        Tensor[N, K, H, W] bool.
+    """
+    n, k = probs.shape[:2]
+    h_img, w_img = image_size
+    out = torch.zeros((n, k, h_img, w_img), dtype=torch.bool, device=probs.device)
+    if n == 0:
+        return out
+    padded, scale = expand_masks(probs, padding=1)
+    ib = expand_boxes(boxes.float(), scale).to(torch.int64).tolist()
+    for i, (x0, y0, x1, y1) in enumerate(ib):
+        w, h = max(x1 - x0 + 1, 1), max(y1 - y0 + 1, 1)
+        cx0, cy0, cx1, cy1 = max(x0, 0), max(y0, 0), min(x1 + 1, w_img), min(y1 + 1, h_img)
+        if cx1 <= cx0 or cy1 <= cy0:
+            continue
+        m = F.interpolate(padded[i : i + 1].float(), size=(h, w), mode="bilinear", align_corners=False)[0]
+        out[i, :, cy0:cy1, cx0:cx1] = m[:, cy0 - y0 : cy1 - y0, cx0 - x0 : cx1 - x0] > threshold
+    return out
+
+
+class Predictor:
+    """Amodal instance segmentation of single frames with one model on one device.
+
+    Args:
+        model (AmodalMaskRCNN): e.g. from :func:`~.weights.load_model`; moved to ``device``, eval mode.
+        meta (ModelMeta): its metadata (class names, input mode).
+        device: ``auto`` | ``cpu`` | ``cuda`` | ``cuda:N``.
+        precision: ``fp32`` | ``fp16`` | ``bf16`` (CUDA autocast; CPU always runs fp32, with a log note).
+        score_threshold, mask_threshold, nms_threshold (float in [0, 1]), max_instances (int ≥ 1):
+            may be changed between frames (attributes or :meth:`update`).
+        min_size, max_size (int): network input short / long side; 0 = the frame's own size.
+        threads (int): ``torch.set_num_threads`` (process-wide) when > 0.
+        log: callable taking one message (e.g. a ROS logger's ``info``); ``logging`` otherwise.
+    """
+
+    def __init__(
+        self,
+        model: AmodalMaskRCNN,
+        meta: ModelMeta,
+        *,
+        device: str | torch.device = "auto",
+        precision: str = "fp32",
+        score_threshold: float = 0.5,
+        mask_threshold: float = 0.5,
+        nms_threshold: float = 0.5,
+        max_instances: int = 30,
+        min_size: int = 0,
+        max_size: int = 0,
+        threads: int = 0,
+        log: Callable[[str], Any] | None = None,
+    ) -> None:
+        if not isinstance(model, AmodalMaskRCNN):
+            raise PredictorError(f"model must be an AmodalMaskRCNN, got {type(model).__name__}.")
+        if not isinstance(meta, ModelMeta):
+            raise PredictorError(f"meta must be a ModelMeta, got {type(meta).__name__}.")
+        if meta.input_mode != model.input_mode or meta.num_classes != model.num_classes:
+            raise PredictorError(
+                f"meta ({meta.input_mode}, {meta.num_classes} classes) does not describe this model "
+                f"({model.input_mode}, {model.num_classes} classes); pass the meta returned with the model."
+            )
+        self._log_fn = log
+        self.model = model
+        self.meta = meta
+        self.device = resolve_device(device)
+        if precision not in PRECISIONS:
+            raise PredictorError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}.")
+        if precision != "fp32" and self.device.type != "cuda":
+            self._log(f"precision {precision} needs CUDA; running fp32 on {self.device}.")
+            precision = "fp32"
+        self.precision = precision
+        if isinstance(threads, bool) or not isinstance(threads, int) or threads < 0:
+            raise PredictorError(f"threads must be an integer >= 0, got {threads!r}.")
+        if threads > 0:
+            torch.set_num_threads(threads)
+        self.score_threshold = 0.5
+        self.mask_threshold = 0.5
+        self.nms_threshold = 0.5
+        self.max_instances = 30
+        self.min_size = 0
+        self.max_size = 0
+        self.update(
+            score_threshold=score_threshold,
+            mask_threshold=mask_threshold,
+            nms_threshold=nms_threshold,
+            max_instances=max_instances,
+            min_size=min_size,
+            max_size=max_size,
+        )
+        self._last_size: tuple[int, int] | None = None
+        self.model.eval()
+        self.model.to(self.device)
+        self._on_device = True
+
+    # ----------------------------------------------------------------- construction helpers
+    @classmethod
+    def from_config(cls, cfg: Any, *, log: Callable[[str], Any] | None = None) -> Predictor:
+        """Load ``cfg.weights`` and build a predictor from a :class:`~..config.ModelConfig` (or a ``Config``)."""
+        mc = getattr(cfg, "model", cfg)
+        device = resolve_device(mc.device)
+        model, meta = load_model(
+            mc.weights, backbone=mc.backbone, input_mode=mc.input_mode, device=device, log=log
+        )
+        pred = cls(
+            model,
+            meta,
+            device=device,
+            precision=mc.precision,
+            score_threshold=mc.score_threshold,
+            mask_threshold=mc.mask_threshold,
+            nms_threshold=mc.nms_threshold,
+            max_instances=mc.max_instances,
+            min_size=mc.min_size,
+            max_size=mc.max_size,
+            threads=mc.threads,
+            log=log,
+        )
+        if mc.warmup:
+            pred.warmup()
+        return pred
+
+    def _log(self, msg: str) -> None:
+        if self._log_fn is not None:
+            self._log_fn(msg)
+        else:
+            _log.info(msg)
+
+    @property
+    def class_names(self) -> list[str]:
+        return list(self.meta.classes)
+
+    @property
+    def input_mode(self) -> str:
+        return self.model.input_mode
+
+    def update(self, **settings: Any) -> None:
+        """Change run-time settings: ``score_threshold``, ``mask_threshold``, ``nms_threshold``
+        (floats in [0, 1]), ``max_instances`` (≥ 1), ``min_size`` / ``max_size`` (≥ 0, 0 = native)."""
+        floats = ("score_threshold", "mask_threshold", "nms_threshold")
+        ints = {"max_instances": 1, "min_size": 0, "max_size": 0}
+        for k, v in settings.items():
+            if k in floats:
+                if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0.0 <= v <= 1.0:
+                    raise PredictorError(f"{k} must be a number in [0, 1], got {v!r}.")
+                setattr(self, k, float(v))
+            elif k in ints:
+                if isinstance(v, bool) or not isinstance(v, int) or v < ints[k]:
+                    raise PredictorError(f"{k} must be an integer >= {ints[k]}, got {v!r}.")
+                setattr(self, k, v)
+            else:
+                raise PredictorError(f"Unknown predictor setting {k!r}; known: {', '.join((*floats, *ints))}.")
+
+    # ----------------------------------------------------------------- running
+    def _sync(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+    def _autocast(self):
+        if self.device.type == "cuda" and self.precision != "fp32":
+            return torch.autocast("cuda", dtype=PRECISIONS[self.precision])
+        return contextlib.nullcontext()
+
+    def _ensure_on_device(self) -> None:
+        if not self._on_device:
+            self._log(f"Moving the model back to {self.device} after release().")
+            self.model.to(self.device)
+            self._on_device = True
+
+    def predict(self, color: np.ndarray, depth: np.ndarray | None = None) -> Detections:
+        """Detect instances in one frame.
+
+        Args:
+            color (np.ndarray[H, W, 3] uint8): RGB.
+            depth (np.ndarray[H, W] float32 | None): meters, NaN = invalid; required for rgbd models.
+
+        Returns:
+            :class:`Detections` on the predictor's device.
+
+        Raises:
+            InputError: a malformed frame (what to pass instead).
+        """
+        check_frame(color, depth, self.model.input_mode)
+        self._ensure_on_device()
+        model = self.model
+        h, w = int(color.shape[0]), int(color.shape[1])
+        self._last_size = (h, w)
+        rh = model.roi_heads
+        rh.score_thresh = self.score_threshold
+        rh.nms_thresh = self.nms_threshold
+        rh.detections_per_img = self.max_instances
+        min_s = self.min_size or min(h, w)
+        max_s = self.max_size or max(h, w)
+        model.transform.min_size = (min_s,)
+        model.transform.max_size = max_s
+
+        with torch.inference_mode():
+            t0 = time.perf_counter()
+            x = frame_to_input(
+                color, depth, input_mode=model.input_mode, depth_max_m=model.depth_max_m,
+                device=self.device, non_blocking=True,
+            )
+            self._sync()
+            t1 = time.perf_counter()
+            with self._autocast():
+                images, _ = model.transform([x])
+                features = model.backbone(images.tensors)
+                proposals, _ = model.rpn(images, features)
+                dets, _ = model.roi_heads(features, proposals, images.image_sizes)
+            self._sync()
+            t2 = time.perf_counter()
+            det = self._postprocess(dets[0], images.image_sizes[0], (h, w))
+            self._sync()
+            t3 = time.perf_counter()
+        det.timings = {
+            "preprocess": (t1 - t0) * 1e3,
+            "inference": (t2 - t1) * 1e3,
+            "postprocess": (t3 - t2) * 1e3,
+        }
+        return det
+
+    def _postprocess(self, d: dict[str, torch.Tensor], net_size: tuple[int, int], size: tuple[int, int]) -> Detections:
+        scores = d["scores"].float()
+        keep = torch.where(scores >= self.score_threshold)[0]
+        keep = keep[scores[keep].argsort(descending=True)][: self.max_instances]
+        boxes = d["boxes"][keep].float()
+        if tuple(net_size) != tuple(size):
+            boxes = resize_boxes(boxes, list(net_size), list(size))
+        probs = torch.cat([d["masks"][keep], d["amodal_masks"][keep]], dim=1)  # [N, 2, 28, 28]
+        pasted = paste_masks_thresholded(probs, boxes, size, self.mask_threshold)
+        masks = pasted[:, 0]
+        amodal = pasted[:, 1] | masks
+        occ = d["occlusion"][keep].float() if "occlusion" in d else torch.zeros_like(scores[keep])
+        return Detections(
+            boxes=boxes,
+            labels=d["labels"][keep],
+            scores=scores[keep],
+            masks=masks,
+            amodal_masks=amodal,
+            occlusion_pred=occ,
+            class_names=self.meta.classes,
+        )
+
+    def warmup(self, height: int | None = None, width: int | None = None) -> dict[str, float]:
+        """Run one dummy frame (the last frame's size, else the meta's max_size x min_size) so the
+        first real frame is not slow; returns its timings."""
+        if height is None or width is None:
+            height, width = self._last_size or (self.meta.min_size, self.meta.max_size)
+        color = np.zeros((height, width, 3), np.uint8)
+        depth = np.ones((height, width), np.float32) if self.model.input_mode == "rgbd" else None
+        return self.predict(color, depth).timings
+
+    def release(self) -> None:
+        """Free accelerator memory (lifecycle deactivate): the model moves to the CPU and CUDA's cache is
+        emptied. The next :meth:`predict` / :meth:`warmup` moves it back."""
+        if self.device.type == "cuda":
+            self.model.to("cpu")
+            self._on_device = False
+            torch.cuda.empty_cache()
