@@ -120,8 +120,9 @@ def test_box_from_8_corners_exact():
         np.testing.assert_allclose(s, size, atol=1e-9)
         np.testing.assert_allclose(center, c, atol=1e-9)
         assert axes_angle_deg(quaternion_to_matrix(q), R) < 1e-4
-        np.testing.assert_allclose(box_corners(center, q, s)[np.lexsort(box_corners(center, q, s).T)],
-                                   pts[np.lexsort(pts.T)], atol=1e-9)
+        np.testing.assert_allclose(
+            box_corners(center, q, s)[np.lexsort(box_corners(center, q, s).T)], pts[np.lexsort(pts.T)], atol=1e-9
+        )
 
 
 def test_box_from_dense_surface_samples():

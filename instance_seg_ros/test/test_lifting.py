@@ -287,8 +287,13 @@ def test_torch_and_numpy_inputs_agree(erode):
     assert ref[5].num_points == 0 and ref[5].depth_coverage == 0.0
     assert sum(c.num_points for c in ref) > 5000
     # CPU tensors (float64 depth, uint8 masks) take the numpy path
-    t = lift_instances(torch.from_numpy(depth.astype(np.float64)), torch.from_numpy(masks.astype(np.uint8)), K,
-                       color=torch.from_numpy(color), **kw)
+    t = lift_instances(
+        torch.from_numpy(depth.astype(np.float64)),
+        torch.from_numpy(masks.astype(np.uint8)),
+        K,
+        color=torch.from_numpy(color),
+        **kw,
+    )
     assert_same(ref, t)
     # the accelerator backend, run on the CPU, gives the same answer as the host backend
     d_t, m_t, c_t = torch.from_numpy(depth), torch.from_numpy(masks), torch.from_numpy(color)

@@ -187,8 +187,9 @@ class _Hull:
         face normals (zero for degenerate faces).
     """
 
-    def __init__(self, verts: np.ndarray, normals: np.ndarray, edge_v: np.ndarray, edge_f: np.ndarray,
-                 face_n: np.ndarray) -> None:
+    def __init__(
+        self, verts: np.ndarray, normals: np.ndarray, edge_v: np.ndarray, edge_f: np.ndarray, face_n: np.ndarray
+    ) -> None:
         self.verts, self.normals, self.edge_v, self.edge_f, self.face_n = verts, normals, edge_v, edge_f, face_n
 
     @classmethod

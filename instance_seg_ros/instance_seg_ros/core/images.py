@@ -92,7 +92,14 @@ def _buffer(data: Any, what: str) -> np.ndarray:
 
 
 def _check_geometry(
-    what: str, encoding: str, height: Any, width: Any, step: Any, bpp: int, nbytes: int, max_width: int,
+    what: str,
+    encoding: str,
+    height: Any,
+    width: Any,
+    step: Any,
+    bpp: int,
+    nbytes: int,
+    max_width: int,
     max_height: int,
 ) -> tuple[int, int, int]:
     h = _as_int(height, f"{what} height")
@@ -107,9 +114,7 @@ def _check_geometry(
         )
     row = w * bpp
     if s < row:
-        raise FrameError(
-            f"{what} step {s} is smaller than width*bytes_per_pixel = {row} ({w} px of {encoding})."
-        )
+        raise FrameError(f"{what} step {s} is smaller than width*bytes_per_pixel = {row} ({w} px of {encoding}).")
     if nbytes != h * s:
         raise FrameError(
             f"{what} data has {nbytes} bytes but height*step = {h}*{s} = {h * s} were expected ({encoding})."
@@ -360,18 +365,26 @@ def _field(msg: Any, name: str, what: str) -> Any:
 def color_from_msg(msg: Any, **limits: Any) -> np.ndarray:
     """:func:`decode_color` of a sensor_msgs/Image (rclpy or rosbags; any object with the fields)."""
     return decode_color(
-        _field(msg, "encoding", "color image"), _field(msg, "height", "color image"),
-        _field(msg, "width", "color image"), _field(msg, "step", "color image"), _field(msg, "data", "color image"),
-        bool(getattr(msg, "is_bigendian", False)), **limits,
+        _field(msg, "encoding", "color image"),
+        _field(msg, "height", "color image"),
+        _field(msg, "width", "color image"),
+        _field(msg, "step", "color image"),
+        _field(msg, "data", "color image"),
+        bool(getattr(msg, "is_bigendian", False)),
+        **limits,
     )
 
 
 def depth_from_msg(msg: Any, **limits: Any) -> np.ndarray:
     """:func:`decode_depth` of a sensor_msgs/Image (keywords: scale_16uc1, max_width, max_height)."""
     return decode_depth(
-        _field(msg, "encoding", "depth image"), _field(msg, "height", "depth image"),
-        _field(msg, "width", "depth image"), _field(msg, "step", "depth image"), _field(msg, "data", "depth image"),
-        bool(getattr(msg, "is_bigendian", False)), **limits,
+        _field(msg, "encoding", "depth image"),
+        _field(msg, "height", "depth image"),
+        _field(msg, "width", "depth image"),
+        _field(msg, "step", "depth image"),
+        _field(msg, "data", "depth image"),
+        bool(getattr(msg, "is_bigendian", False)),
+        **limits,
     )
 
 

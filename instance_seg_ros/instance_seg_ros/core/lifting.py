@@ -336,7 +336,13 @@ def _lift_np(
 
 
 def _lift_torch(
-    d: torch.Tensor, m: torch.Tensor, c: torch.Tensor | None, K: Intrinsics, dmin: float, dmax: float, thr: float,
+    d: torch.Tensor,
+    m: torch.Tensor,
+    c: torch.Tensor | None,
+    K: Intrinsics,
+    dmin: float,
+    dmax: float,
+    thr: float,
     px: int,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
     """torch backend (accelerator): same outputs as :func:`_lift_np`, on the host."""
@@ -348,7 +354,7 @@ def _lift_torch(
         me = _erode_torch(m, px) if px > 0 else m
         inst, pix = (me & valid).view(n, h * w).nonzero(as_tuple=True)  # row-major: grouped by instance
         counts = torch.bincount(inst, minlength=n)
-        pts = _project(pix, d.view(-1)[pix], w, K, torch)
+        pts = _project(pix, d.reshape(-1)[pix], w, K, torch)
         cols = c.reshape(-1, 3)[pix] if c is not None else None
         stats = torch.stack([n_pix, n_cov, counts]).cpu().numpy()
         return stats, pts.cpu().numpy(), (cols.cpu().numpy() if cols is not None else None)
