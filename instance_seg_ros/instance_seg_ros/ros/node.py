@@ -1,0 +1,647 @@
+"""``instance_seg_node``: the ROS 2 adapter around :class:`~instance_seg_ros.core.pipeline.Segmenter`.
+
+Topics (relative names, remapped at launch):
+
+- in: ``image`` (sensor_msgs/Image; or ``image/compressed``, sensor_msgs/CompressedImage, with
+  ``input.compressed``), ``depth`` (sensor_msgs/Image 16UC1 mm or 32FC1 m, registered to color),
+  ``camera_info`` (sensor_msgs/CameraInfo of the color camera).
+- out: ``instances`` (instance_seg_msgs/InstanceArray, header of the color image), ``instance_labels``
+  (mono16), ``instance_markers`` (visualization_msgs/MarkerArray), ``debug_image`` (rgb8) and
+  ``/diagnostics``.
+
+Threads: subscription callbacks only stamp-match the raw messages (:class:`StampSynchronizer`) and put
+the newest complete set into a :class:`LatestSlot`; one worker thread decodes and runs the pipeline and
+publishes. A set that is replaced before the worker takes it is counted as skipped, so latency stays
+bounded when frames come faster than inference. Bad input never stops the node: the frame is
+refused with a throttled warning naming the problem and counted by reason in /diagnostics.
+
+Lifecycle: the node is an rclpy LifecycleNode. With ``managed:=true`` (or ``--managed``) it waits
+for a lifecycle manager: configure loads and warms the model, activate subscribes and starts the
+worker, deactivate stops them and frees the model (GPU memory), cleanup drops the publishers. Without
+it the node configures and activates itself, and exits non-zero with one error line when the model
+cannot be loaded.
+
+Usage::
+
+    instance_seg_node --ros-args --params-file config/realsense.yaml \\
+        -r image:=/camera/camera/color/image_raw -r depth:=/camera/camera/aligned_depth_to_color/image_raw \\
+        -r camera_info:=/camera/camera/color/camera_info
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+import threading
+import time
+import traceback
+from functools import partial
+from typing import Any
+
+import rclpy
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
+from rcl_interfaces.msg import SetParametersResult
+from rclpy.event_handler import PublisherEventCallbacks, SubscriptionEventCallbacks, UnsupportedEventTypeError
+from rclpy.exceptions import InvalidParameterTypeException, InvalidParameterValueException
+from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
+from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
+from rclpy.parameter import Parameter
+from rclpy.utilities import remove_ros_args
+from sensor_msgs.msg import CameraInfo, CompressedImage, Image
+from visualization_msgs.msg import MarkerArray
+
+from instance_seg_msgs.msg import InstanceArray
+
+from ..core.config import Config, ConfigError
+from ..core.images import (
+    FrameError,
+    color_from_compressed_msg,
+    color_from_msg,
+    depth_from_msg,
+    intrinsics_from_camera_info,
+)
+from ..core.sync import LatestSlot, Matched, StampError, StampSynchronizer
+from ..core.visualize import draw_overlay
+from .conversions import image_msg, instance_array_msg, label_image_msg, stamp_to_ns
+from .diagnostics import NodeStats, Throttle, diagnostic_array
+from .markers import markers_msg
+from .params import NodeSettings, all_specs, descriptor, is_config_key, split_flat
+from .qos import describe, input_qos, output_qos, policy_name
+
+__all__ = ["STREAMS", "InstanceSegNode", "main"]
+
+NODE_NAME = "instance_seg_node"
+STREAMS = ("image", "depth", "camera_info")
+
+LARGE_DATA_HINT = (
+    "If the publisher runs in another process and sends large messages (e.g. 640x480 images), export "
+    "FASTDDS_BUILTIN_TRANSPORTS=LARGE_DATA in every process (the camera driver and this node) before starting "
+    "them: without it Fast DDS silently drops large samples for best-effort subscribers. Also check that the "
+    "publisher's QoS is compatible with qos.input_reliability."
+)
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+@dataclasses.dataclass
+class _Input:
+    """Book-keeping of one input subscription."""
+
+    topic: str
+    last_rx: float | None = None  # monotonic time of the last message
+    publisher_since: float | None = None  # monotonic time a publisher was first seen (None: none now)
+
+
+class InstanceSegNode(LifecycleNode):
+    """Amodal instance segmentation node (see the module docstring for topics and behaviour).
+
+    Args:
+        node_name: the node's name (parameters files address it by this name).
+        managed: overrides the ``managed`` parameter when not None.
+        **kwargs: passed to ``rclpy.lifecycle.LifecycleNode`` (``parameter_overrides``, ``context`` ...).
+
+    Raises:
+        ConfigError: a parameter from the params file or the command line is invalid (the message names it).
+    """
+
+    def __init__(self, node_name: str = NODE_NAME, *, managed: bool | None = None, **kwargs: Any) -> None:
+        super().__init__(node_name, **kwargs)
+        self._specs = {s.name: s for s in all_specs()}
+        self._config, self._settings = self._declare_parameters()
+        if managed is not None:
+            self._settings = dataclasses.replace(self._settings, managed=bool(managed))
+        self._stats = NodeStats()
+        self._throttle = Throttle(self._settings.warn_throttle)
+        self._state = "unconfigured"
+        self._configure_error = ""
+        self._seg = None
+        self._sync: StampSynchronizer | None = None
+        self._slot: LatestSlot[tuple[Matched, float]] = LatestSlot()
+        self._worker: threading.Thread | None = None
+        self._stop = threading.Event()
+        self._subs: dict[str, Any] = {}
+        self._inputs: dict[str, _Input] = {}
+        self._pubs: dict[str, Any] = {}
+        self._active_since = 0.0
+        self._last_frame: dict[str, Any] = {}
+        self._diag_last: dict[str, int] = {}
+
+        self.add_pre_set_parameters_callback(self._coerce_parameters)
+        self.add_on_set_parameters_callback(self._validate_parameters)
+        self.add_post_set_parameters_callback(self._apply_parameters)
+        self._diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
+        self._diag_timer = self.create_timer(self._settings.diagnostics_period, self._publish_diagnostics)
+
+    # ================================================================== parameters
+    @property
+    def managed(self) -> bool:
+        return self._settings.managed
+
+    @property
+    def config(self) -> Config:
+        return self._config
+
+    @property
+    def settings(self) -> NodeSettings:
+        return self._settings
+
+    @property
+    def state(self) -> str:
+        """``unconfigured``, ``inactive``, ``active`` or ``finalized``."""
+        return self._state
+
+    @property
+    def stats(self) -> NodeStats:
+        return self._stats
+
+    def _declare_parameters(self) -> tuple[Config, NodeSettings]:
+        overrides: dict[str, Parameter] = getattr(self, "_parameter_overrides", {})
+        values: dict[str, Any] = {}
+        for spec in self._specs.values():
+            given = overrides.get(spec.name)
+            if given is not None and spec.type is float and given.type_ == Parameter.Type.INTEGER:
+                # `depth.max: 2` in YAML is an integer; a float parameter takes it as 2.0
+                overrides[spec.name] = Parameter(spec.name, Parameter.Type.DOUBLE, float(given.value))
+            try:
+                values[spec.name] = self.declare_parameter(spec.name, spec.default, descriptor(spec)).value
+            except InvalidParameterTypeException:
+                raise ConfigError(
+                    f"Parameter {spec.name} must be of type {spec.type.__name__} (default {spec.default!r}), got "
+                    f"{given.value!r}; fix it in the params file or on the command line."
+                ) from None
+            except InvalidParameterValueException as exc:
+                raise ConfigError(f"Parameter {spec.name}: {_one_line(exc)}") from None
+        unknown = sorted(n for n in overrides if not self.has_parameter(n) and not n.startswith("qos_overrides."))
+        for name in unknown:
+            self.get_logger().warning(
+                f"Ignoring unknown parameter '{name}' (a typo?). Known parameters: see config/default.yaml or "
+                f"`ros2 param list {self.get_fully_qualified_name()}`."
+            )
+        cfg_flat, node_flat = split_flat(values)
+        return Config.from_flat(cfg_flat), NodeSettings.from_flat(node_flat)
+
+    def _coerce_parameters(self, params: list[Parameter]) -> list[Parameter]:
+        """Pre-set: an integer given for a float parameter (``ros2 param set ... depth.max 2``) becomes a double."""
+        out = []
+        for p in params:
+            spec = self._specs.get(p.name)
+            if spec is not None and spec.type is float and p.type_ == Parameter.Type.INTEGER:
+                p = Parameter(p.name, Parameter.Type.DOUBLE, float(p.value))
+            out.append(p)
+        return out
+
+    def _merged(self, params: list[Parameter]) -> tuple[Config, NodeSettings]:
+        cfg_flat, node_flat = self._config.to_flat(), self._settings.to_flat()
+        for p in params:
+            if p.name in self._specs:
+                (cfg_flat if is_config_key(p.name) else node_flat)[p.name] = p.value
+        return Config.from_flat(cfg_flat), NodeSettings.from_flat(node_flat)
+
+    def _validate_parameters(self, params: list[Parameter]) -> SetParametersResult:
+        """On-set: refuse invalid values, and fixed ones while configured, with a reason."""
+        try:
+            self._merged(params)
+        except ConfigError as exc:
+            return SetParametersResult(successful=False, reason=str(exc))
+        current = {**self._config.to_flat(), **self._settings.to_flat()}
+        for p in params:
+            spec = self._specs.get(p.name)
+            if spec is None or spec.dynamic or self._state == "unconfigured" or p.value == current.get(p.name):
+                continue
+            dynamic = ", ".join(s.name for s in self._specs.values() if s.dynamic)
+            return SetParametersResult(
+                successful=False,
+                reason=(f"{p.name} cannot change while the node is {self._state}; set it in the params file (or "
+                        f"deactivate and clean up the managed node first). Run-time parameters: {dynamic}."),
+            )
+        return SetParametersResult(successful=True)
+
+    def _apply_parameters(self, params: list[Parameter]) -> None:
+        """Post-set: take the new values; the worker hands a new config to the pipeline before its next frame."""
+        cfg, settings = self._merged(params)
+        self._config, self._settings = cfg, settings
+        self._throttle.period = settings.warn_throttle
+        if self._sync is not None:
+            self._sync.configure(slop=cfg.sync.slop, max_age=cfg.sync.max_age)
+        changed = ", ".join(f"{p.name}={p.value!r}" for p in params if p.name in self._specs)
+        if changed:
+            self.get_logger().info(f"parameters updated: {changed}")
+
+    # ================================================================== lifecycle
+    def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
+        try:
+            from ..core.pipeline import Segmenter
+
+            self._configure_error = ""
+            seg = Segmenter(self._config, log=self.get_logger().info)
+            seg.load()
+            self._seg = seg
+            self._create_publishers()
+            cfg = self._config
+            self._sync = StampSynchronizer(
+                STREAMS, slop=cfg.sync.slop, queue_size=cfg.sync.queue_size, max_age=cfg.sync.max_age,
+                on_match=self._on_match, on_drop=self._on_drop,
+            )
+        except Exception as exc:  # a model that cannot load must not kill a managed node
+            self._configure_error = f"cannot configure: {_one_line(exc)}"
+            self._stats.error(self._configure_error)
+            self.get_logger().error(self._configure_error)
+            self.get_logger().debug(traceback.format_exc())
+            self._teardown()
+            return TransitionCallbackReturn.FAILURE
+        self._state = "inactive"
+        return TransitionCallbackReturn.SUCCESS
+
+    def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
+        try:
+            if self._seg is not None and not self._seg.loaded:  # deactivate freed it
+                self._seg.update_config(self._config)
+                self._seg.load()
+            self._sync.reset()
+            self._slot.clear()
+            self._slot.reopen()
+            self._stop.clear()
+            self._worker = threading.Thread(target=self._work, name="instance_seg_worker", daemon=True)
+            self._worker.start()
+            self._create_subscriptions()
+        except Exception as exc:
+            text = f"cannot activate: {_one_line(exc)}"
+            self._stats.error(text)
+            self.get_logger().error(text)
+            self._stop_worker()
+            self._destroy_subscriptions()
+            return TransitionCallbackReturn.FAILURE
+        self._state = "active"
+        self._active_since = time.monotonic()
+        s = self._settings
+        topics = ", ".join(sub.topic_name for sub in self._subs.values())
+        self.get_logger().info(
+            f"active: {topics} ({describe(input_qos(s.input_reliability, s.input_depth))}) -> "
+            f"{', '.join(p.topic_name for p in self._pubs.values())}"
+        )
+        return TransitionCallbackReturn.SUCCESS
+
+    def on_deactivate(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self._destroy_subscriptions()
+        self._stop_worker()
+        if self._seg is not None:
+            self._seg.release()
+        self._state = "inactive"
+        return TransitionCallbackReturn.SUCCESS
+
+    def on_cleanup(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self._teardown()
+        self._state = "unconfigured"
+        return TransitionCallbackReturn.SUCCESS
+
+    def on_shutdown(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self._teardown()
+        self._state = "finalized"
+        return TransitionCallbackReturn.SUCCESS
+
+    def on_error(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self._teardown()
+        self._state = "unconfigured"
+        return TransitionCallbackReturn.SUCCESS
+
+    @property
+    def configure_error(self) -> str:
+        """Why the last configure failed ('' when it did not)."""
+        return self._configure_error
+
+    def close(self) -> None:
+        """Stop the worker and free everything (idempotent); the node can then be destroyed."""
+        self._teardown()
+
+    def _teardown(self) -> None:
+        self._destroy_subscriptions()
+        self._stop_worker()
+        for pub in self._pubs.values():
+            self.destroy_publisher(pub)
+        self._pubs = {}
+        if self._seg is not None:
+            self._seg.release()
+        self._seg = None
+        self._sync = None
+
+    # ================================================================== entities
+    def _create_publishers(self) -> None:
+        s = self._settings
+        qos = output_qos(s.output_reliability, s.output_depth)
+        for key, mtype, topic in (("instances", InstanceArray, "instances"), ("labels", Image, "instance_labels"),
+                                  ("markers", MarkerArray, "instance_markers"), ("debug_image", Image, "debug_image")):
+            events = PublisherEventCallbacks(incompatible_qos=partial(self._on_incompatible_qos, topic, "subscriber"))
+            self._pubs[key] = self.create_publisher(mtype, topic, qos, event_callbacks=events)
+
+    def _create_subscriptions(self) -> None:
+        s = self._settings
+        qos = input_qos(s.input_reliability, s.input_depth)
+        color = (CompressedImage, "image/compressed") if s.compressed else (Image, "image")
+        for stream, (mtype, topic) in zip(STREAMS, (color, (Image, "depth"), (CameraInfo, "camera_info")),
+                                          strict=True):
+            callback = partial(self._on_input, stream)
+            incompatible = partial(self._on_incompatible_qos, topic, "publisher")
+            lost = partial(self._on_message_lost, stream)
+            try:
+                sub = self.create_subscription(
+                    mtype, topic, callback, qos,
+                    event_callbacks=SubscriptionEventCallbacks(incompatible_qos=incompatible, message_lost=lost))
+            except UnsupportedEventTypeError:  # middleware without message-lost events
+                sub = self.create_subscription(
+                    mtype, topic, callback, qos, event_callbacks=SubscriptionEventCallbacks(
+                        incompatible_qos=incompatible))
+            self._subs[stream] = sub
+            self._inputs[stream] = _Input(topic=sub.topic_name)
+
+    def _destroy_subscriptions(self) -> None:
+        for sub in self._subs.values():
+            self.destroy_subscription(sub)
+        self._subs = {}
+
+    def _stop_worker(self) -> None:
+        self._stop.set()
+        self._slot.close()
+        if self._worker is not None and self._worker is not threading.current_thread():
+            self._worker.join(timeout=30.0)
+            if self._worker.is_alive():
+                self.get_logger().warning("the worker thread did not stop within 30 s; leaving it behind")
+        self._worker = None
+
+    # ================================================================== callbacks (executor thread)
+    def _on_input(self, stream: str, msg: Any) -> None:
+        """Subscription callback: stamp-match the raw message; no decoding here."""
+        now = time.monotonic()
+        self._inputs[stream].last_rx = now
+        self._stats.tick(f"received.{stream}", now)
+        sync = self._sync
+        if sync is None:
+            return
+        try:
+            sync.add(stream, stamp_to_ns(msg.header.stamp), msg)
+        except StampError as exc:
+            self._reject(exc.reason, f"{str(exc)} Message on '{self._inputs[stream].topic}' ignored.")
+
+    def _on_match(self, m: Matched) -> None:
+        self._stats.tick("frames_matched")
+        if self._slot.put((m, time.monotonic())):
+            self._stats.inc("frames_skipped")
+
+    def _on_drop(self, stream: str, stamp_ns: int, missing: tuple[str, ...]) -> None:
+        self._stats.inc(f"unmatched.{stream}")
+        for other in missing:
+            hint = ("publish camera_info with the same stamps as the image and check that it is remapped"
+                    if other == "camera_info" else
+                    "depth must be registered to color and stamped like it (e.g. aligned_depth_to_color)")
+            slop = self._config.sync.slop
+            self._reject(f"missing_{other}",
+                         f"The image stamped {stamp_ns / 1e9:.3f} s got no {other} message within sync.slop = "
+                         f"{slop:g} s before it aged out (sync.max_age = {self._config.sync.max_age:g} s); {hint}.")
+
+    def _on_incompatible_qos(self, topic: str, other: str, event: Any) -> None:
+        self._stats.inc("qos_incompatible")
+        self._stats.inc(f"qos_incompatible.{topic}")
+        policy = policy_name(event.last_policy_kind)
+        self._warn(f"qos_{topic}",
+                   f"A {other} on '{topic}' has incompatible QoS (policy {policy}); no messages flow between us. "
+                   + ("Set qos.input_reliability:=best_effort (matches every publisher) or make the camera publish "
+                      "reliably." if other == "publisher" else
+                      "Set qos.output_reliability to what the subscriber requests."))
+
+    def _on_message_lost(self, stream: str, event: Any) -> None:
+        self._stats.inc(f"messages_lost.{stream}", int(getattr(event, "total_count_change", 1)) or 1)
+
+    # ================================================================== worker thread
+    def _work(self) -> None:
+        while not self._stop.is_set():
+            item = self._slot.take(timeout=0.5)
+            if item is None:
+                continue
+            matched, t_match = item
+            try:
+                self._process(matched, t_match)
+            except Exception as exc:  # an exception in the pipeline never kills the node
+                if self._stop.is_set() or not rclpy.ok(context=self.context):
+                    return
+                self._stats.inc("pipeline_errors")
+                text = f"pipeline failed on the frame stamped {matched.stamp_ns / 1e9:.3f} s: {_one_line(exc)}"
+                self._stats.error(text)
+                self._warn("pipeline_error", text, error=True)
+                self.get_logger().debug(traceback.format_exc())
+
+    def _process(self, m: Matched, t_match: float) -> None:
+        seg, cfg, s = self._seg, self._config, self._settings
+        if seg is None:
+            return
+        if seg.config is not cfg:
+            seg.update_config(cfg)
+        color_msg, depth_msg, info_msg = m.msgs
+        if s.frame_id_check:
+            ids = [color_msg.header.frame_id, depth_msg.header.frame_id, info_msg.header.frame_id]
+            if len(set(ids)) != 1:
+                return self._reject(
+                    "frame_id_mismatch",
+                    f"frame_id differs between image ('{ids[0]}'), depth ('{ids[1]}') and camera_info ('{ids[2]}'); "
+                    "depth must be registered to the color camera (e.g. aligned_depth_to_color), or set "
+                    "input.frame_id_check:=false if the frames are the same under different names.")
+        limits = {"max_width": cfg.input.max_width, "max_height": cfg.input.max_height}
+        t0 = time.perf_counter()
+        try:
+            if isinstance(color_msg, CompressedImage):
+                color = color_from_compressed_msg(color_msg, **limits)
+            else:
+                color = color_from_msg(color_msg, **limits)
+        except FrameError as exc:
+            return self._reject("bad_image", f"{exc}")
+        try:
+            depth = depth_from_msg(depth_msg, scale_16uc1=cfg.depth.scale_16uc1, **limits)
+        except FrameError as exc:
+            return self._reject("bad_depth", f"{exc}")
+        try:
+            K = intrinsics_from_camera_info(info_msg)
+        except FrameError as exc:
+            return self._reject("bad_camera_info", f"{exc}")
+        decode_ms = (time.perf_counter() - t0) * 1e3
+        try:
+            result = seg.process(color, depth, K)
+        except FrameError as exc:
+            return self._reject("frame_mismatch", f"{exc}")
+        result.timings["decode"] = decode_ms
+        self._stats.inc("frames_processed")
+        self._publish(result, color, color_msg.header)
+        now = time.monotonic()
+        self._stats.tick("frames_published", now)
+        self._stats.latency((now - t_match) * 1e3, sum(v for k, v in result.timings.items() if k != "total"), now)
+        self._last_frame = {"stamp_ns": m.stamp_ns, "instances": len(result.instances),
+                            "size": f"{result.width}x{result.height}", "frame_id": color_msg.header.frame_id}
+
+    def _publish(self, result, color, hdr) -> None:
+        pubs, s = self._pubs, self._settings
+        if not pubs:
+            return
+        pubs["instances"].publish(instance_array_msg(result, hdr))
+        if self._wanted(s.publish_labels, pubs["labels"]):
+            pubs["labels"].publish(label_image_msg(result.label_image, hdr))
+        if self._wanted(s.publish_markers, pubs["markers"]):
+            pubs["markers"].publish(markers_msg(result, hdr))
+        if self._wanted(s.publish_debug_image, pubs["debug_image"]):
+            pubs["debug_image"].publish(image_msg(draw_overlay(color, result), "rgb8", hdr))
+
+    @staticmethod
+    def _wanted(mode: str, pub: Any) -> bool:
+        return mode == "always" or (mode == "auto" and pub.get_subscription_count() > 0)
+
+    # ================================================================== problems
+    def _warn(self, key: str, text: str, *, error: bool = False) -> None:
+        emit, held = self._throttle.ready(key)
+        if emit:
+            more = f" ({held} more since the last such warning)" if held else ""
+            (self.get_logger().error if error else self.get_logger().warning)(text + more)
+
+    def _reject(self, reason: str, text: str) -> None:
+        """Count a refused frame (or message) under ``reason`` and warn, throttled per reason."""
+        self._stats.inc(f"rejected.{reason}")
+        self._stats.error(f"{reason}: {text}")
+        self._warn(reason, f"Frame dropped ({reason}): {text}")
+
+    def _check_inputs(self, now: float) -> list[str]:
+        """Warn about input topics that have no publisher, or publishers that deliver nothing."""
+        s = self._settings
+        problems: list[str] = []
+        if self._state != "active" or s.stale_timeout <= 0:
+            return problems
+        for stream, sub in list(self._subs.items()):
+            info = self._inputs[stream]
+            npub = sub.get_publisher_count()
+            if npub == 0:
+                info.publisher_since = None
+                if now - self._active_since > s.stale_timeout:
+                    problems.append(f"no publisher on {info.topic}")
+                    self._warn(f"no_publisher_{stream}",
+                               f"No publisher on '{info.topic}' yet; remap the node's '{stream}' input to the camera's "
+                               f"topic (e.g. -r {stream}:=/camera/...) or use a launch file camera preset.")
+                continue
+            if info.publisher_since is None:
+                info.publisher_since = now
+            quiet = now - max(info.last_rx or 0.0, info.publisher_since)
+            if quiet > s.stale_timeout:
+                problems.append(f"{info.topic} silent for {quiet:.0f} s")
+                self._warn(f"stale_{stream}",
+                           f"'{info.topic}' has {npub} publisher(s) but delivered nothing for {quiet:.0f} s. "
+                           + LARGE_DATA_HINT)
+        return problems
+
+    # ================================================================== diagnostics
+    def _publish_diagnostics(self) -> None:
+        now = time.monotonic()
+        problems = self._check_inputs(now)
+        st = self._stats
+        rejected = st.counts("rejected.")
+        n_rejected = sum(rejected.values())
+        deltas = {}
+        for key, value in (("rejected", n_rejected), ("pipeline_errors", st.count("pipeline_errors")),
+                           ("qos_incompatible", st.count("qos_incompatible"))):
+            deltas[key] = value - self._diag_last.get(key, 0)
+            self._diag_last[key] = value
+        sync = self._sync
+        pending = sync.pending() if sync is not None else {}
+        backlog = sum(pending.values()) + int(self._slot.pending)
+        values: dict[str, Any] = {
+            "state": self._state,
+            "input_rate_hz": st.rate("frames_matched", now),
+            "output_rate_hz": st.rate("frames_published", now),
+            **{f"rate_hz.{k}": st.rate(f"received.{k}", now) for k in STREAMS},
+            **st.latency_summary(now),
+            "frames_matched": st.count("frames_matched"),
+            "frames_processed": st.count("frames_processed"),
+            "frames_published": st.count("frames_published"),
+            "frames_skipped": st.count("frames_skipped"),
+            "frames_rejected": n_rejected,
+            **dict(sorted(rejected.items())),
+            **dict(sorted(st.counts("unmatched.").items())),
+            **dict(sorted(st.counts("received.").items())),
+            "pipeline_errors": st.count("pipeline_errors"),
+            "qos_incompatible": st.count("qos_incompatible"),
+            **dict(sorted(st.counts("messages_lost.").items())),
+            "backlog": backlog,
+            **{f"input.{k}": v.topic for k, v in self._inputs.items()},
+            **{f"publishers.{k}": sub.get_publisher_count() for k, sub in self._subs.items()},
+        }
+        if self._last_frame:
+            values.update({f"last_frame.{k}": v for k, v in self._last_frame.items()})
+        if st.last_error:
+            values["last_problem"] = st.last_error
+        if self._configure_error:
+            level, message = DiagnosticStatus.ERROR, self._configure_error
+        elif deltas["pipeline_errors"] > 0:
+            level, message = DiagnosticStatus.ERROR, f"{deltas['pipeline_errors']} pipeline error(s): {st.last_error}"
+        elif self._state != "active":
+            level, message = DiagnosticStatus.WARN, f"{self._state} (not processing)"
+        elif deltas["rejected"] > 0 or problems or deltas["qos_incompatible"] > 0:
+            parts = [f"{deltas['rejected']} frame(s) rejected"] if deltas["rejected"] else []
+            parts += problems
+            if deltas["qos_incompatible"]:
+                parts.append("incompatible QoS")
+            level, message = DiagnosticStatus.WARN, "; ".join(parts)
+        else:
+            lat = values.get("latency_ms_mean")
+            message = (f"{values['input_rate_hz']:.1f} Hz in, {values['output_rate_hz']:.1f} Hz out"
+                       + (f", latency {lat:.0f} ms" if lat is not None else ""))
+            level = DiagnosticStatus.OK
+        try:
+            self._diag_pub.publish(diagnostic_array(
+                self.get_clock().now().to_msg(), f"{self.get_name()}: instance segmentation", level, message, values,
+                hardware_id=str(self._last_frame.get("frame_id", ""))))
+        except Exception:  # the context is going down
+            pass
+
+
+def _parse_args(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog=NODE_NAME,
+        description="Amodal instance segmentation of RGB-D frames (ROS 2 node). Parameters and remappings go after "
+                    "--ros-args, e.g. --ros-args --params-file config/default.yaml -r image:=/camera/color/image_raw",
+    )
+    parser.add_argument("--managed", action="store_true",
+                        help="run as a managed lifecycle node (same as -p managed:=true)")
+    return parser.parse_args(remove_ros_args(argv)[1:])
+
+
+def main(args: list[str] | None = None) -> int:
+    """Console entry point ``instance_seg_node``; ``args`` is a full argv (program name first)."""
+    argv = list(sys.argv if args is None else args)
+    ns = _parse_args(argv)
+    rclpy.init(args=argv)
+    node: InstanceSegNode | None = None
+    code = 0
+    try:
+        try:
+            node = InstanceSegNode(managed=True if ns.managed else None)
+        except ConfigError as exc:
+            rclpy.logging.get_logger(NODE_NAME).error(f"invalid parameters: {' '.join(str(exc).split())}")
+            return 2
+        if node.managed:
+            node.get_logger().info("managed node: waiting for the configure and activate transitions")
+        else:
+            if node.trigger_configure() != TransitionCallbackReturn.SUCCESS:
+                return 1  # on_configure logged the one-line reason
+            if node.trigger_activate() != TransitionCallbackReturn.SUCCESS:
+                return 1
+        executor = SingleThreadedExecutor()
+        executor.add_node(node)
+        executor.spin()
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    finally:
+        if node is not None:
+            node.close()
+            node.destroy_node()
+        rclpy.try_shutdown()
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

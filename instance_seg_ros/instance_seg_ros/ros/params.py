@@ -1,0 +1,195 @@
+"""The node's parameters: the core :class:`~instance_seg_ros.core.config.Config` keys plus node-only settings.
+
+Every parameter is declared from a :class:`~instance_seg_ros.core.config.ParamSpec` (name, default, type,
+description, choices, range, dynamic), so ``ros2 param describe`` shows the same text as
+``config/default.yaml``. Dynamic parameters change while the node runs; the others are fixed while the
+node is configured (set them in the params file, or in the unconfigured state of a managed node).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor, ParameterType
+
+from ..core.config import Config, ConfigError, ParamSpec
+
+__all__ = [
+    "NODE_SPECS",
+    "PUBLISH_MODES",
+    "NodeSettings",
+    "all_specs",
+    "descriptor",
+    "is_config_key",
+    "split_flat",
+    "validate_node_value",
+]
+
+PUBLISH_MODES = ("auto", "always", "never")
+
+
+def _spec(name: str, default: Any, description: str, *, choices: tuple[Any, ...] | None = None,
+          low: float | None = None, high: float | None = None, dynamic: bool = False) -> ParamSpec:
+    return ParamSpec(name=name, default=default, type=type(default), description=description, choices=choices,
+                     low=low, high=high, dynamic=dynamic, choices_open=False)
+
+
+_PUBLISH_HELP = "auto = only while someone subscribes, always, or never."
+
+NODE_SPECS: tuple[ParamSpec, ...] = (
+    _spec("managed", False,
+          "Run as a managed lifecycle node (configure loads and warms the model, activate subscribes, deactivate "
+          "frees GPU memory). false = configure and activate at start-up."),
+    _spec("input.compressed", False,
+          "Subscribe to image/compressed (sensor_msgs/CompressedImage, JPEG or PNG) instead of the raw image."),
+    _spec("input.frame_id_check", True,
+          "Refuse frames whose color, depth and camera_info header.frame_id differ (depth must be registered to "
+          "the color camera).", dynamic=True),
+    _spec("qos.input_reliability", "best_effort",
+          "Reliability of the image, depth and camera_info subscriptions: best_effort (sensor data; matches every "
+          "publisher) or reliable (matches reliable publishers only).", choices=("best_effort", "reliable")),
+    _spec("qos.input_depth", 5, "History depth (keep last) of each input subscription.", low=1, high=100),
+    _spec("qos.output_reliability", "reliable", "Reliability of every output publisher: reliable or best_effort.",
+          choices=("best_effort", "reliable")),
+    _spec("qos.output_depth", 5, "History depth (keep last) of each output publisher.", low=1, high=100),
+    _spec("publish.labels", "auto", "Publish instance_labels (mono16 label image): " + _PUBLISH_HELP,
+          choices=PUBLISH_MODES, dynamic=True),
+    _spec("publish.markers", "auto", "Publish instance_markers (boxes, centroids, labels for RViz): " + _PUBLISH_HELP,
+          choices=PUBLISH_MODES, dynamic=True),
+    _spec("publish.debug_image", "auto", "Publish debug_image (rgb8 contour overlay): " + _PUBLISH_HELP,
+          choices=PUBLISH_MODES, dynamic=True),
+    _spec("diagnostics.period", 1.0, "Seconds between /diagnostics messages.", low=0.1, high=60.0),
+    _spec("diagnostics.stale_timeout", 5.0,
+          "Warn when an input topic that has publishers delivers nothing for this many seconds (the Fast DDS "
+          "large-data pitfall), or has no publisher at all; 0 disables.", low=0.0, high=3600.0, dynamic=True),
+    _spec("diagnostics.warn_throttle", 5.0,
+          "At most one warning per problem (bad frame reason, stale topic ...) every this many seconds.",
+          low=0.0, high=3600.0, dynamic=True),
+)
+
+_NODE_BY_NAME = {s.name: s for s in NODE_SPECS}
+_CONFIG_KEYS = frozenset(s.name for s in Config.specs())
+
+
+def all_specs() -> Iterator[ParamSpec]:
+    """Every parameter the node declares: the core config's, then the node-only ones."""
+    yield from Config.specs()
+    yield from NODE_SPECS
+
+
+def is_config_key(name: str) -> bool:
+    return name in _CONFIG_KEYS
+
+
+def split_flat(flat: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """``(config_keys, node_keys)``; names that are neither are left out."""
+    cfg = {k: v for k, v in flat.items() if k in _CONFIG_KEYS}
+    node = {k: v for k, v in flat.items() if k in _NODE_BY_NAME}
+    return cfg, node
+
+
+def validate_node_value(name: str, value: Any) -> Any:
+    """Check one node-only parameter value; returns it (ints widened to float for float parameters).
+
+    Raises:
+        ConfigError: unknown name, wrong type, out of range or not one of the choices.
+    """
+    spec = _NODE_BY_NAME.get(name)
+    if spec is None:
+        raise ConfigError(f"Unknown node parameter '{name}'. Known: {', '.join(_NODE_BY_NAME)}.")
+    t = spec.type
+    if t is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{name} must be true or false, got {value!r}.")
+    elif t is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{name} must be an integer, got {value!r}.")
+    elif t is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise ConfigError(f"{name} must be a finite number, got {value!r}.")
+        value = float(value)
+    elif t is str and not isinstance(value, str):
+        raise ConfigError(f"{name} must be a string, got {value!r}.")
+    if spec.low is not None and value < spec.low or spec.high is not None and value > spec.high:
+        raise ConfigError(f"{name} must be within [{spec.low}, {spec.high}], got {value!r}.")
+    if spec.choices is not None and value not in spec.choices:
+        raise ConfigError(f"{name} must be one of {', '.join(map(str, spec.choices))}, got {value!r}.")
+    return value
+
+
+@dataclass(frozen=True)
+class NodeSettings:
+    """The node-only parameters, validated (see :data:`NODE_SPECS` for their meaning)."""
+
+    managed: bool = False
+    compressed: bool = False
+    frame_id_check: bool = True
+    input_reliability: str = "best_effort"
+    input_depth: int = 5
+    output_reliability: str = "reliable"
+    output_depth: int = 5
+    publish_labels: str = "auto"
+    publish_markers: str = "auto"
+    publish_debug_image: str = "auto"
+    diagnostics_period: float = 1.0
+    stale_timeout: float = 5.0
+    warn_throttle: float = 5.0
+
+    _FIELDS = {
+        "managed": "managed",
+        "input.compressed": "compressed",
+        "input.frame_id_check": "frame_id_check",
+        "qos.input_reliability": "input_reliability",
+        "qos.input_depth": "input_depth",
+        "qos.output_reliability": "output_reliability",
+        "qos.output_depth": "output_depth",
+        "publish.labels": "publish_labels",
+        "publish.markers": "publish_markers",
+        "publish.debug_image": "publish_debug_image",
+        "diagnostics.period": "diagnostics_period",
+        "diagnostics.stale_timeout": "stale_timeout",
+        "diagnostics.warn_throttle": "warn_throttle",
+    }
+
+    @classmethod
+    def from_flat(cls, flat: Mapping[str, Any]) -> NodeSettings:
+        """From dotted node parameter names (missing ones keep their defaults).
+
+        Raises:
+            ConfigError: an unknown name or an invalid value, with the reason.
+        """
+        kw = {}
+        for name, value in flat.items():
+            if name not in cls._FIELDS:
+                raise ConfigError(f"Unknown node parameter '{name}'. Known: {', '.join(cls._FIELDS)}.")
+            kw[cls._FIELDS[name]] = validate_node_value(name, value)
+        return cls(**kw)
+
+    def to_flat(self) -> dict[str, Any]:
+        return {name: getattr(self, attr) for name, attr in self._FIELDS.items()}
+
+
+def descriptor(spec: ParamSpec, *, fixed_hint: bool = True) -> ParameterDescriptor:
+    """A ParameterDescriptor with the spec's description, type, choices and numeric range."""
+    types = {bool: ParameterType.PARAMETER_BOOL, int: ParameterType.PARAMETER_INTEGER,
+             float: ParameterType.PARAMETER_DOUBLE, str: ParameterType.PARAMETER_STRING}
+    d = ParameterDescriptor(name=spec.name, type=types.get(spec.type, ParameterType.PARAMETER_NOT_SET),
+                            description=spec.description)
+    notes = []
+    if spec.choices is not None:
+        more = " (or cuda:N)" if spec.choices_open and spec.name == "model.device" else ""
+        notes.append(f"one of: {', '.join(map(str, spec.choices))}{more}")
+    if fixed_hint:
+        notes.append("changes at run time" if spec.dynamic else
+                     "fixed while configured (params file, or a managed node's unconfigured state)")
+    d.additional_constraints = "; ".join(notes)
+    if spec.low is not None and spec.high is not None:
+        if spec.type is float:
+            d.floating_point_range = [FloatingPointRange(from_value=float(spec.low), to_value=float(spec.high),
+                                                         step=0.0)]
+        elif spec.type is int:
+            d.integer_range = [IntegerRange(from_value=int(spec.low), to_value=int(spec.high), step=1)]
+    return d
