@@ -219,12 +219,12 @@ def test_occlusion_helpers():
     assert torch.allclose(occ, torch.tensor([0.5, 0.0, 0.0]))
     logits = torch.zeros(0, requires_grad=True)
     loss = occlusion_loss(logits, [torch.zeros(0)], [torch.zeros(0, dtype=torch.int64)])
-    assert float(loss) == 0.0
+    assert loss.item() == 0.0
     loss.backward()  # still differentiable
     logits = torch.tensor([4.0, -4.0], requires_grad=True)
     good = occlusion_loss(logits, [torch.tensor([1.0, 0.0])], [torch.tensor([0, 1])])
     bad = occlusion_loss(logits, [torch.tensor([1.0, 0.0])], [torch.tensor([1, 0])])
-    assert float(good) < float(bad)
+    assert good.item() < bad.item()
 
 
 def test_amodal_mask_inference_never_below_visible():

@@ -127,8 +127,8 @@ class ModelMeta:
         if not self.torch_version:
             import torchvision
 
-            self.torch_version = torch.__version__
-            self.torchvision_version = torchvision.__version__
+            self.torch_version = str(torch.__version__)
+            self.torchvision_version = str(torchvision.__version__)
 
     @property
     def num_classes(self) -> int:
@@ -192,10 +192,11 @@ class ModelMeta:
 def _plain(obj: Any, where: str) -> Any:
     """``obj`` as types ``torch.load(weights_only=True)`` accepts (Path → str, Namespace → dict,
     numpy scalars → Python); anything else raises :class:`WeightsError`."""
-    if obj is None or isinstance(obj, (bool, int, str)):
-        return obj
-    if isinstance(obj, float):
-        return obj
+    if obj is None:
+        return None
+    for t in (bool, int, float, str):  # exact types: subclasses (e.g. torch's TorchVersion) are not loadable
+        if isinstance(obj, t):
+            return t(obj)
     if isinstance(obj, torch.Tensor):
         return obj
     if isinstance(obj, Path):
@@ -296,7 +297,7 @@ def load_checkpoint(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], M
     try:
         obj = torch.load(p, map_location="cpu", weights_only=True)
     except Exception as exc:  # UnpicklingError, RuntimeError (zip), EOFError ...: all mean "not ours"
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        reason = _reason(exc)
         raise WeightsError(
             f"{p} is not a loadable weights file ({type(exc).__name__}: {reason[:300]}). Only checkpoints of "
             "tensors and plain types are read (torch.load weights_only=True); re-export it with save_weights."
@@ -325,6 +326,15 @@ def load_checkpoint(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], M
         raise WeightsError(f"{p}: {exc}") from exc
     extra = {k: v for k, v in obj.items() if k not in ("format", "version", "meta", "model")}
     return state, meta, extra
+
+
+def _reason(exc: BaseException) -> str:
+    """The informative line of a torch.load error (the weights-only unpickler puts it mid-message)."""
+    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+    for ln in lines:
+        if "WeightsUnpickler error" in ln or "Unsupported global" in ln:
+            return ln
+    return lines[0] if lines else type(exc).__name__
 
 
 def _emit(log: Callable[[str], Any] | None, msg: str, level: int = logging.INFO) -> None:
