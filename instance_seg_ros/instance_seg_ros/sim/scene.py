@@ -807,7 +807,10 @@ class Scene:
         self.close()
 
     def __del__(self) -> None:
-        self.close()
+        try:
+            self.close()
+        except Exception:  # interpreter shutdown: pybullet may already be gone
+            pass
 
     @property
     def client(self) -> int:
@@ -952,8 +955,8 @@ class Scene:
         """A random tabletop pile, deterministic in ``seed``: ``min_objects..max_objects`` objects (random_urdfs
         meshes and primitives with random scale, color, texture and orientation) dropped onto the table or
         into the tray from a compact 3D grid and settled by at most ``settle_steps`` physics steps. Objects that
-        fall off the support are removed (so a scene may hold fewer than ``min_objects``, never zero unless
-        all fell)."""
+        fall off the support are removed (so a scene may hold fewer than ``min_objects``). With support ``none``
+        the objects stay where they were spawned (a floating grid, no physics)."""
         cfg = config or SceneConfig()
         rng = np.random.default_rng([int(seed), 1])
         scene = cls(support=str(rng.choice(list(cfg.supports))), seed=seed, config=cfg,
@@ -972,8 +975,9 @@ class Scene:
                 xy = np.array([gx, gy]) * spacing + rng.uniform(-0.02, 0.02, size=2)
                 z = z0 + spacing * (layer + 0.5)
                 scene.add_object(_replace(spec, position=(float(xy[0]), float(xy[1]), float(z))))
-            scene.settle(cfg.settle_steps)
-            scene._remove_fallen()
+            if scene.support != "none":  # without a support there is nothing to settle on: objects float
+                scene.settle(cfg.settle_steps)
+                scene._remove_fallen()
         except Exception:
             scene.close()
             raise
