@@ -94,8 +94,8 @@ class NodeHarness:
         self._next += step_ms * 1_000_000
         return self._next
 
-    def frame(self, stamp_ns: int | None = None, *, depth_encoding: str = "16UC1", compressed: bool = False,
-              frame_id: str = FRAME_ID, width: int = WIDTH, height: int = HEIGHT) -> Frame:
+    def frame(self, stamp_ns: int | None = None, *, depth_encoding: str = "16UC1", color_encoding: str = "rgb8",
+              compressed: bool = False, frame_id: str = FRAME_ID, width: int = WIDTH, height: int = HEIGHT) -> Frame:
         from instance_seg_ros.core.images import encode_depth_16uc1
         from instance_seg_ros.core.types import Intrinsics
         from instance_seg_ros.ros.conversions import camera_info_msg, compressed_image_msg, header, image_msg
@@ -103,7 +103,10 @@ class NodeHarness:
         stamp = self.next_stamp() if stamp_ns is None else stamp_ns
         color, depth = scene(width, height)
         hdr = header(frame_id, stamp)
-        img = compressed_image_msg(color, "jpeg", hdr) if compressed else image_msg(color, "rgb8", hdr)
+        if compressed:
+            img = compressed_image_msg(color, "jpeg", hdr)
+        else:
+            img = image_msg(color[..., ::-1] if color_encoding == "bgr8" else color, color_encoding, hdr)
         if depth_encoding == "16UC1":
             dmsg = image_msg(encode_depth_16uc1(depth), "16UC1", header(frame_id, stamp))
         else:

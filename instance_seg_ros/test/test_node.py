@@ -72,10 +72,10 @@ def _check_instances(msg, stamp_ns, h):
             assert np.isfinite(pts).all() and (pts[:, 2] > 0.5).all() and (pts[:, 2] < 0.9).all()
 
 
-@pytest.mark.parametrize("encoding", ["16UC1", "32FC1"])
-def test_frame_produces_instances_and_labels(node, encoding):
+@pytest.mark.parametrize(("depth_encoding", "color_encoding"), [("16UC1", "rgb8"), ("32FC1", "bgr8")])
+def test_frame_produces_instances_and_labels(node, depth_encoding, color_encoding):
     h, proc, group = node
-    f = h.frame(depth_encoding=encoding)
+    f = h.frame(depth_encoding=depth_encoding, color_encoding=color_encoding)
     msg = h.send_and_wait(f)
     assert msg is not None, f"no instances for the frame; log:\n{group.log(proc)}"
     _check_instances(msg, f.stamp_ns, h)

@@ -42,6 +42,7 @@ from typing import Any
 import rclpy
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
 from rcl_interfaces.msg import SetParametersResult
+from rclpy.clock import Clock, ClockType
 from rclpy.event_handler import PublisherEventCallbacks, SubscriptionEventCallbacks, UnsupportedEventTypeError
 from rclpy.exceptions import InvalidParameterTypeException, InvalidParameterValueException
 from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
@@ -77,8 +78,8 @@ STREAMS = ("image", "depth", "camera_info")
 LARGE_DATA_HINT = (
     "If the publisher runs in another process and sends large messages (e.g. 640x480 images), export "
     "FASTDDS_BUILTIN_TRANSPORTS=LARGE_DATA in every process (the camera driver and this node) before starting "
-    "them: without it Fast DDS silently drops large samples for best-effort subscribers. Also check that the "
-    "publisher's QoS is compatible with qos.input_reliability."
+    "them: without it Fast DDS silently drops large samples for best-effort subscribers (or set "
+    "qos.input_reliability:=reliable for a reliable publisher). Also check that the publisher's QoS is compatible."
 )
 
 
@@ -134,7 +135,9 @@ class InstanceSegNode(LifecycleNode):
         self.add_on_set_parameters_callback(self._validate_parameters)
         self.add_post_set_parameters_callback(self._apply_parameters)
         self._diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
-        self._diag_timer = self.create_timer(self._settings.diagnostics_period, self._publish_diagnostics)
+        # steady clock: diagnostics and stale-input checks keep running when /clock stalls under use_sim_time
+        self._diag_timer = self.create_timer(self._settings.diagnostics_period, self._publish_diagnostics,
+                                             clock=Clock(clock_type=ClockType.STEADY_TIME))
 
     # ================================================================== parameters
     @property
@@ -383,7 +386,7 @@ class InstanceSegNode(LifecycleNode):
         try:
             sync.add(stream, stamp_to_ns(msg.header.stamp), msg)
         except StampError as exc:
-            self._reject(exc.reason, f"{str(exc)} Message on '{self._inputs[stream].topic}' ignored.")
+            self._reject(exc.reason, f"{exc} (on '{self._inputs[stream].topic}')", what="Message")
 
     def _on_match(self, m: Matched) -> None:
         self._stats.tick("frames_matched")
@@ -398,8 +401,9 @@ class InstanceSegNode(LifecycleNode):
                     "depth must be registered to color and stamped like it (e.g. aligned_depth_to_color)")
             slop = self._config.sync.slop
             self._reject(f"missing_{other}",
-                         f"The image stamped {stamp_ns / 1e9:.3f} s got no {other} message within sync.slop = "
-                         f"{slop:g} s before it aged out (sync.max_age = {self._config.sync.max_age:g} s); {hint}.")
+                         f"the image stamped {stamp_ns / 1e9:.3f} s found no {other} message within sync.slop = "
+                         f"{slop:g} s before a newer frame was complete or it aged out (sync.max_age = "
+                         f"{self._config.sync.max_age:g} s); {hint}.")
 
     def _on_incompatible_qos(self, topic: str, other: str, event: Any) -> None:
         self._stats.inc("qos_incompatible")
@@ -501,11 +505,11 @@ class InstanceSegNode(LifecycleNode):
             more = f" ({held} more since the last such warning)" if held else ""
             (self.get_logger().error if error else self.get_logger().warning)(text + more)
 
-    def _reject(self, reason: str, text: str) -> None:
+    def _reject(self, reason: str, text: str, what: str = "Frame") -> None:
         """Count a refused frame (or message) under ``reason`` and warn, throttled per reason."""
         self._stats.inc(f"rejected.{reason}")
         self._stats.error(f"{reason}: {text}")
-        self._warn(reason, f"Frame dropped ({reason}): {text}")
+        self._warn(reason, f"{what} dropped ({reason}): {text}")
 
     def _check_inputs(self, now: float) -> list[str]:
         """Warn about input topics that have no publisher, or publishers that deliver nothing."""
@@ -551,6 +555,7 @@ class InstanceSegNode(LifecycleNode):
         backlog = sum(pending.values()) + int(self._slot.pending)
         values: dict[str, Any] = {
             "state": self._state,
+            "model_loaded": bool(self._seg is not None and self._seg.loaded),
             "input_rate_hz": st.rate("frames_matched", now),
             "output_rate_hz": st.rate("frames_published", now),
             **{f"rate_hz.{k}": st.rate(f"received.{k}", now) for k in STREAMS},
