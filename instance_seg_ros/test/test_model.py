@@ -399,3 +399,23 @@ def test_paste_matches_torchvision():
         ref = paste_masks_in_image(probs[:, c : c + 1], boxes, (96, 128))[:, 0] > 0.5
         assert torch.equal(got[:, c], ref)
     assert paste_masks_thresholded(probs[:0], boxes[:0], (96, 128), 0.5).shape == (0, 2, 96, 128)
+
+
+def test_predictor_from_config():
+    from instance_seg_ros.core.config import Config
+
+    cfg = Config.from_flat({
+        "model.weights": "none",
+        "model.backbone": "mobilenet_v3_large_fpn",
+        "model.device": "cpu",
+        "model.score_threshold": 0.0,
+        "model.max_instances": 4,
+        "model.warmup": False,
+    })
+    logs = []
+    pred = Predictor.from_config(cfg, log=logs.append)
+    assert any("UNTRAINED" in m for m in logs)
+    assert pred.device == torch.device("cpu") and pred.max_instances == 4 and pred.score_threshold == 0.0
+    color, _, _ = synthetic_scene(6)
+    det = pred.predict(color)
+    assert 0 < len(det) <= 4 and det.class_names == ["__background__", "object"]
