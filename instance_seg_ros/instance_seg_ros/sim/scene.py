@@ -234,12 +234,24 @@ def _urdf_local_box(path: str) -> tuple[tuple[float, float, float], tuple[float,
             for line in fh:
                 if line.startswith("v "):
                     verts.append(line.split()[1:4])
-        v = np.asarray(verts, dtype=np.float64) * scale
+        v = np.asarray(verts, dtype=np.float64).reshape(-1, 3) * scale
+        v = v[np.isfinite(v).all(axis=1)]  # some shipped meshes are broken (random_urdfs/168: all NaN)
+        if v.shape[0] == 0:
+            continue
         v = v @ _rpy_matrix(rpy).T + xyz
         lo, hi = np.minimum(lo, v.min(axis=0)), np.maximum(hi, v.max(axis=0))
     if not np.all(np.isfinite(lo)):
         raise SceneError(f"{path} has no visual mesh to measure.")
     return tuple((lo + hi) / 2), tuple(hi - lo)
+
+
+def _urdf_usable(index: int) -> bool:
+    """False for the few pybullet_data meshes that cannot be measured (no finite vertices)."""
+    try:
+        _urdf_local_box(str(_DATA / "random_urdfs" / f"{index:03d}" / f"{index:03d}.urdf"))
+    except SceneError:
+        return False
+    return True
 
 
 # ---------------------------------------------------------------------------------------- descriptions
@@ -1247,6 +1259,8 @@ def _random_spec(rng: np.random.Generator, cfg: SceneConfig) -> ObjectSpec:
         return ObjectSpec(shape, size=tuple(float(s) for s in size), orientation=quat,
                           color=tuple(float(c) for c in color), texture=texture)
     index = int(rng.integers(0, _NUM_URDFS))
+    while not _urdf_usable(index):
+        index = int(rng.integers(0, _NUM_URDFS))
     return ObjectSpec("urdf", urdf_index=index, scale=float(rng.uniform(*cfg.urdf_scale)), orientation=quat,
                       color=tuple(float(c) for c in color))
 
