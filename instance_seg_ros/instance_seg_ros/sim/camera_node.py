@@ -1,0 +1,693 @@
+"""``sim_camera_node``: a simulated RGB-D camera over a PyBullet tabletop, publishing like a real driver.
+
+Publishes, all with the same ``header`` (stamp and ``frame_id``) per frame, at ``rate`` Hz:
+
+- ``image`` (sensor_msgs/Image ``rgb8``) and, with ``compressed:=true``, ``image/compressed``
+  (sensor_msgs/CompressedImage, JPEG; encoded only while someone subscribes, as image_transport does);
+- ``depth`` (sensor_msgs/Image, ``32FC1`` meters with NaN invalid, or ``16UC1`` millimetres with 0 invalid);
+- ``camera_info`` (sensor_msgs/CameraInfo, D435-like intrinsics scaled to ``width x height``, no distortion);
+- with ``publish_ground_truth:=true``, ``ground_truth`` (instance_seg_msgs/InstanceArray: visible and amodal
+  masks, occlusion, true boxes, see :meth:`Frame.to_frame_result <instance_seg_ros.sim.scene.Frame.to_frame_result>`);
+- with ``use_sim_time:=true``, ``/clock`` (rosgraph_msgs/Clock): the node *is* the simulator, so it advances
+  simulated time by ``1 / rate`` per frame, publishes it on ``/clock`` just before the frame and stamps the
+  frame with it (the first frame is at ``1 / rate`` s; a zero stamp would mean "unstamped"). Without
+  sim time, frames carry the wall-clock time of ``node.get_clock().now()``.
+
+Topic names are relative, the inputs of ``instance_seg_node``: run both in one namespace, or remap
+(``-r image:=/camera/color/image_raw``) like any camera driver. Outputs are reliable by default
+(``qos.reliability``, ``qos.depth``).
+
+Frames come from :class:`SimCameraSource` (no ROS in it): random scenes from ``seed`` (scene ``s`` uses
+``Scene.random(seed * 100003 + s)``, changed every ``scene_change_every`` frames), a camera that stays put
+(``static``) or circles the pile (``orbit``, ``orbit_speed`` degrees per simulated second), optional D435-like
+noise. The view of a scene's first frame is the one ``isr record --seed S`` uses. A static camera without
+moving parts renders once per scene and re-publishes that render (with fresh noise when ``noise`` is on),
+so the node costs almost nothing then.
+
+Rendering runs in its own thread paced by a monotonic wall clock (never by ``/clock``, which the node
+itself drives). When a frame takes longer than ``1 / rate``, the next one starts at once (no backlog, no
+catch-up burst) and a throttled warning says which rate is reached. ``max_frames`` > 0 makes the node exit
+0 by itself after that many frames (waiting up to 2 s for reliable subscribers to acknowledge them);
+``wait_for_subscribers`` > 0 holds the first frame (and simulated time) until that many subscribers have
+matched ``image``, so a consumer started alongside misses nothing.
+SIGINT / SIGTERM stop the render thread, destroy the node, disconnect PyBullet and exit 0.
+
+Examples::
+
+    sim_camera_node --ros-args -p width:=320 -p height:=240 -p publish_ground_truth:=true
+    sim_camera_node --ros-args -r __ns:=/sim -p use_sim_time:=true -p camera_motion:=orbit -p max_frames:=100
+    python -m instance_seg_ros.sim.camera_node --ros-args -p depth_encoding:=16UC1 -p compressed:=true
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+import threading
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import rclpy
+from rcl_interfaces.msg import (
+    FloatingPointRange,
+    IntegerRange,
+    ParameterDescriptor,
+    ParameterType,
+    SetParametersResult,
+)
+from rclpy.duration import Duration
+from rclpy.exceptions import InvalidParameterTypeException, InvalidParameterValueException
+from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
+from rclpy.node import Node
+from rclpy.parameter import Parameter
+from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
+from rclpy.utilities import remove_ros_args
+from rosgraph_msgs.msg import Clock
+from sensor_msgs.msg import CameraInfo, CompressedImage, Image
+
+from instance_seg_msgs.msg import InstanceArray
+
+from ..core.config import ParamSpec
+from ..core.images import encode_depth_16uc1
+from ..core.types import FrameResult, Intrinsics
+from ..ros.conversions import (
+    camera_info_msg,
+    compressed_image_msg,
+    header,
+    image_msg,
+    instance_array_msg,
+    stamp_from_ns,
+)
+from ..ros.qos import describe, output_qos
+from .scene import Camera, Scene, SceneConfig, SceneError, SensorNoise, d435_intrinsics
+
+__all__ = [
+    "CAMERA_MOTIONS",
+    "DEPTH_ENCODINGS",
+    "NODE_NAME",
+    "SPECS",
+    "SimCameraError",
+    "SimCameraNode",
+    "SimCameraSettings",
+    "SimCameraSource",
+    "SimFrame",
+    "main",
+    "scene_seed",
+]
+
+NODE_NAME = "sim_camera"
+CAMERA_MOTIONS = ("static", "orbit")
+DEPTH_ENCODINGS = ("32FC1", "16UC1")
+_SCENE_SEED_STRIDE = 100003  # scene s of seed S uses Scene.random(S * stride + s), as `isr record` does
+_WARN_PERIOD = 10.0  # seconds between "slower than rate" warnings
+_ACK_TIMEOUT = 2.0  # seconds to wait for reliable subscribers before exiting after max_frames
+
+
+class SimCameraError(ValueError):
+    """A sim_camera_node parameter is invalid; the message says which and what is allowed."""
+
+
+def _spec(name: str, default: Any, description: str, *, choices: tuple[Any, ...] | None = None,
+          low: float | None = None, high: float | None = None, dynamic: bool = False) -> ParamSpec:
+    return ParamSpec(name=name, default=default, type=type(default), description=description, choices=choices,
+                     low=low, high=high, dynamic=dynamic, choices_open=False)
+
+
+#: every parameter of the node (besides ``use_sim_time``), in declaration order; ``dynamic`` ones change at run time
+SPECS: tuple[ParamSpec, ...] = (
+    _spec("seed", 0, "Random seed of the scenes, the camera views and the noise (same seed, same frames).",
+          low=0, high=2**31 - 1),
+    _spec("width", 640, "Image width in pixels (intrinsics scale with it: fx = 615 * width / 640).", low=16, high=4096),
+    _spec("height", 480, "Image height in pixels (fy = 615 * height / 480).", low=16, high=4096),
+    _spec("rate", 10.0, "Frames per second (wall clock). Slower rendering publishes as fast as it can, with a "
+          "warning; under use_sim_time, simulated time advances 1/rate per frame whatever the wall time.",
+          low=0.01, high=1000.0, dynamic=True),
+    _spec("scene_change_every", 0, "Frames per scene before a new random scene is built (0 = one scene forever).",
+          low=0, high=2**31 - 1, dynamic=True),
+    _spec("camera_motion", "static", "static: one random tabletop view per scene; orbit: the camera circles the "
+          "pile at orbit_speed.", choices=CAMERA_MOTIONS, dynamic=True),
+    _spec("orbit_speed", 10.0, "Degrees of azimuth per simulated second while camera_motion is orbit.",
+          low=-360.0, high=360.0, dynamic=True),
+    _spec("noise", False, "D435-like depth noise (disparity noise and quantisation, edge dropout, holes) and color "
+          "noise.", dynamic=True),
+    _spec("min_objects", 3, "Objects per random scene, at least.", low=1, high=200),
+    _spec("max_objects", 12, "Objects per random scene, at most.", low=1, high=200),
+    _spec("max_frames", 0, "Exit (code 0) after publishing this many frames; 0 = run until stopped.",
+          low=0, high=2**31 - 1),
+    _spec("wait_for_subscribers", 0, "Start publishing (and simulated time) only once image and image/compressed "
+          "together have this many subscribers, so that a consumer started alongside gets the first frame (with "
+          "max_frames: all of them); 0 = start at once.", low=0, high=1000),
+    _spec("depth_encoding", "32FC1", "depth image encoding: 32FC1 meters (NaN invalid, like Gazebo) or 16UC1 "
+          "millimetres (0 invalid, like the RealSense driver).", choices=DEPTH_ENCODINGS),
+    _spec("compressed", False, "Also publish image/compressed (JPEG), encoded only while it has subscribers."),
+    _spec("frame_id", "camera_color_optical_frame", "header.frame_id of every message (an optical frame: x right, "
+          "y down, z forward)."),
+    _spec("publish_ground_truth", False, "Publish the scene's ground truth as instance_seg_msgs/InstanceArray on "
+          "ground_truth (costs one extra small render per object)."),
+    _spec("qos.reliability", "reliable", "Reliability of every publisher: reliable or best_effort.",
+          choices=("reliable", "best_effort")),
+    _spec("qos.depth", 5, "History depth (keep last) of every publisher.", low=1, high=100),
+)
+_SPECS_BY_NAME = {s.name: s for s in SPECS}
+_FIELD = {s.name: s.name.replace(".", "_") for s in SPECS}  # dotted parameter name -> settings attribute
+
+
+def _check_value(spec: ParamSpec, value: Any) -> Any:
+    """``value`` checked against ``spec`` (ints widened to float for float parameters)."""
+    t = spec.type
+    if t is bool:
+        if not isinstance(value, bool):
+            raise SimCameraError(f"{spec.name} must be true or false, got {value!r}.")
+    elif t is int:
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+            raise SimCameraError(f"{spec.name} must be an integer, got {value!r}.")
+        value = int(value)
+    elif t is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float, np.number)) or not math.isfinite(value):
+            raise SimCameraError(f"{spec.name} must be a finite number, got {value!r}.")
+        value = float(value)
+    elif t is str and not isinstance(value, str):
+        raise SimCameraError(f"{spec.name} must be a string, got {value!r}.")
+    if (spec.low is not None and value < spec.low) or (spec.high is not None and value > spec.high):
+        raise SimCameraError(f"{spec.name} must be within [{spec.low}, {spec.high}], got {value!r}.")
+    if spec.choices is not None and value not in spec.choices:
+        raise SimCameraError(f"{spec.name} must be one of {', '.join(map(str, spec.choices))}, got {value!r}.")
+    return value
+
+
+@dataclass(frozen=True)
+class SimCameraSettings:
+    """The node's parameters, validated (see :data:`SPECS` for their meaning; ``qos.*`` become ``qos_*``).
+
+    Raises:
+        SimCameraError: a value of the wrong type, out of range, not one of the choices, or
+            ``min_objects > max_objects`` / an empty ``frame_id``.
+    """
+
+    seed: int = 0
+    width: int = 640
+    height: int = 480
+    rate: float = 10.0
+    scene_change_every: int = 0
+    camera_motion: str = "static"
+    orbit_speed: float = 10.0
+    noise: bool = False
+    min_objects: int = 3
+    max_objects: int = 12
+    max_frames: int = 0
+    wait_for_subscribers: int = 0
+    depth_encoding: str = "32FC1"
+    compressed: bool = False
+    frame_id: str = "camera_color_optical_frame"
+    publish_ground_truth: bool = False
+    qos_reliability: str = "reliable"
+    qos_depth: int = 5
+
+    def __post_init__(self) -> None:
+        for name, attr in _FIELD.items():
+            object.__setattr__(self, attr, _check_value(_SPECS_BY_NAME[name], getattr(self, attr)))
+        if self.min_objects > self.max_objects:
+            raise SimCameraError(f"min_objects ({self.min_objects}) must not exceed max_objects ({self.max_objects}).")
+        if not self.frame_id.strip():
+            raise SimCameraError("frame_id must not be empty; use the camera's optical frame, e.g. "
+                                 "camera_color_optical_frame.")
+
+    @classmethod
+    def from_flat(cls, flat: Mapping[str, Any]) -> SimCameraSettings:
+        """From dotted parameter names (missing ones keep their defaults).
+
+        Raises:
+            SimCameraError: an unknown name or an invalid value, with the reason.
+        """
+        unknown = sorted(set(flat) - set(_FIELD))
+        if unknown:
+            raise SimCameraError(f"Unknown sim_camera_node parameter(s) {', '.join(unknown)}. Known: "
+                                 f"{', '.join(_FIELD)}.")
+        return cls(**{_FIELD[k]: v for k, v in flat.items()})
+
+    def to_flat(self) -> dict[str, Any]:
+        return {name: getattr(self, attr) for name, attr in _FIELD.items()}
+
+    @property
+    def intrinsics(self) -> Intrinsics:
+        return d435_intrinsics(self.width, self.height)
+
+    @property
+    def scene_config(self) -> SceneConfig:
+        return SceneConfig(min_objects=self.min_objects, max_objects=self.max_objects)
+
+
+def scene_seed(seed: int, scene_index: int) -> int:
+    """The ``Scene.random`` seed of scene ``scene_index`` (0, 1, ...) of a node started with ``seed``."""
+    return int(seed) * _SCENE_SEED_STRIDE + int(scene_index)
+
+
+# ---------------------------------------------------------------------------------------- frames (no ROS)
+@dataclass
+class SimFrame:
+    """One frame of the simulated camera.
+
+    Attributes:
+        index (int): frame number since the source was made (0, 1, ...).
+        scene_index (int): which scene (0, 1, ...; a new one every ``scene_change_every`` frames).
+        color (np.ndarray[H, W, 3] uint8): RGB.
+        depth (np.ndarray[H, W] float32): metric z along the optical axis, NaN where invalid.
+        intrinsics (Intrinsics): the pinhole model (image size included).
+        camera (Camera): the camera pose this frame was rendered from.
+        ground_truth (FrameResult | None): the scene's ground truth (``with_ground_truth`` sources only).
+        rendered (bool): False when the previous render was reused (same scene and view).
+        timings (dict[str, float]): milliseconds: ``scene`` (building a new scene, else 0), ``render``
+            (0 when reused), ``ground_truth``, ``noise``.
+    """
+
+    index: int
+    scene_index: int
+    color: np.ndarray
+    depth: np.ndarray
+    intrinsics: Intrinsics
+    camera: Camera
+    ground_truth: FrameResult | None
+    rendered: bool
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+class SimCameraSource:
+    """The frames :class:`SimCameraNode` publishes, without ROS: scenes, camera motion, noise.
+
+    Deterministic: the same settings (and the same changes of the dynamic ones between calls) give the same
+    frames. ``settings`` may be replaced between calls; ``rate``, ``scene_change_every``, ``camera_motion``,
+    ``orbit_speed`` and ``noise`` take effect on the next frame (the others are read once, at construction).
+
+    Args:
+        settings: the node's settings.
+        with_ground_truth: render amodal masks and fill :attr:`SimFrame.ground_truth` (default:
+            ``settings.publish_ground_truth``).
+
+    Example::
+
+        with SimCameraSource(SimCameraSettings(width=320, height=240)) as source:
+            frame = source.next()
+    """
+
+    def __init__(self, settings: SimCameraSettings, *, with_ground_truth: bool | None = None) -> None:
+        self.settings = settings
+        self.with_ground_truth = settings.publish_ground_truth if with_ground_truth is None else bool(with_ground_truth)
+        self._intrinsics = settings.intrinsics
+        self._scene_config = settings.scene_config
+        self._noise_model = SensorNoise()
+        self._scene: Scene | None = None
+        self._scene_index = -1
+        self._frames_in_scene = 0
+        self._index = 0
+        self._view: tuple[np.ndarray, float, float, float] = (np.zeros(3), 1.0, 45.0, 0.0)
+        self._azimuth = 0.0
+        self._cache: tuple[tuple[int, bytes], Any, FrameResult | None] | None = None
+
+    # ------------------------------------------------------------------ lifecycle
+    def close(self) -> None:
+        """Disconnect the current scene's PyBullet client (idempotent)."""
+        if self._scene is not None:
+            self._scene.close()
+            self._scene = None
+        self._cache = None
+
+    def __enter__(self) -> SimCameraSource:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    @property
+    def scene(self) -> Scene | None:
+        """The scene being rendered (None before the first frame and after :meth:`close`)."""
+        return self._scene
+
+    @property
+    def frames(self) -> int:
+        """Frames produced so far."""
+        return self._index
+
+    # ------------------------------------------------------------------ frames
+    def _new_scene(self) -> Scene:
+        index = self._scene_index + 1
+        seed = scene_seed(self.settings.seed, index)
+        scene = Scene.random(seed, self._scene_config)
+        if self._scene is not None:
+            self._scene.close()
+        self._scene, self._scene_index, self._frames_in_scene, self._cache = scene, index, 0, None
+        # the view `isr record --seed S` starts from: orbit parameters drawn from the scene seed
+        rng = np.random.default_rng([seed, 11])
+        cfg = self._scene_config
+        target = scene.objects_center()
+        self._view = (target, float(rng.uniform(*cfg.camera_distance)), float(rng.uniform(*cfg.camera_elevation_deg)),
+                      float(rng.uniform(0, 360)))
+        self._azimuth = self._view[3]
+        return scene
+
+    def next(self) -> SimFrame:
+        """Render (or reuse) the next frame.
+
+        Raises:
+            SceneError: a scene could not be built (should not happen with valid settings).
+        """
+        s = self.settings
+        timings = {"scene": 0.0, "render": 0.0, "ground_truth": 0.0, "noise": 0.0}
+        t0 = time.perf_counter()
+        scene = self._scene
+        if scene is None or (s.scene_change_every and self._frames_in_scene >= s.scene_change_every):
+            scene = self._new_scene()
+            timings["scene"] = (time.perf_counter() - t0) * 1e3
+        elif s.camera_motion == "orbit":
+            self._azimuth = (self._azimuth + s.orbit_speed / s.rate) % 360.0
+        target, distance, elevation, _ = self._view
+        cfg = self._scene_config
+        camera = Camera.orbit(target, distance=distance, elevation_deg=elevation, azimuth_deg=self._azimuth,
+                              intrinsics=self._intrinsics, near=cfg.near, far=cfg.far)
+        key = (self._scene_index, camera.world_to_camera.tobytes())
+        rendered = self._cache is None or self._cache[0] != key
+        if rendered:
+            t1 = time.perf_counter()
+            frame = scene.render(camera, amodal=self.with_ground_truth)
+            t2 = time.perf_counter()
+            gt = frame.to_frame_result() if self.with_ground_truth else None
+            timings["render"], timings["ground_truth"] = (t2 - t1) * 1e3, (time.perf_counter() - t2) * 1e3
+            self._cache = (key, frame, gt)
+        _, frame, gt = self._cache
+        color, depth = frame.color, frame.depth
+        if s.noise:
+            t3 = time.perf_counter()
+            rng = np.random.default_rng([scene_seed(s.seed, self._scene_index), 3, self._frames_in_scene])
+            depth = self._noise_model.apply_depth(frame.depth_true, self._intrinsics.fx, rng)
+            color = self._noise_model.apply_color(frame.color, rng)
+            timings["noise"] = (time.perf_counter() - t3) * 1e3
+        out = SimFrame(index=self._index, scene_index=self._scene_index, color=color, depth=depth,
+                       intrinsics=self._intrinsics, camera=camera, ground_truth=gt, rendered=rendered,
+                       timings=timings)
+        self._index += 1
+        self._frames_in_scene += 1
+        return out
+
+
+# ---------------------------------------------------------------------------------------- the node
+def _descriptor(spec: ParamSpec) -> ParameterDescriptor:
+    types = {bool: ParameterType.PARAMETER_BOOL, int: ParameterType.PARAMETER_INTEGER,
+             float: ParameterType.PARAMETER_DOUBLE, str: ParameterType.PARAMETER_STRING}
+    d = ParameterDescriptor(name=spec.name, type=types[spec.type], description=spec.description,
+                            read_only=not spec.dynamic)
+    notes = [f"one of: {', '.join(map(str, spec.choices))}"] if spec.choices is not None else []
+    notes.append("changes at run time" if spec.dynamic else "read-only: set it at start-up")
+    d.additional_constraints = "; ".join(notes)
+    if spec.low is not None and spec.high is not None:
+        if spec.type is float:
+            d.floating_point_range = [FloatingPointRange(from_value=float(spec.low), to_value=float(spec.high),
+                                                         step=0.0)]
+        else:
+            d.integer_range = [IntegerRange(from_value=int(spec.low), to_value=int(spec.high), step=1)]
+    return d
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split())
+
+
+class SimCameraNode(Node):
+    """The simulated RGB-D camera (see the module docstring for topics, parameters and timing).
+
+    Construction declares the parameters and creates the publishers; :meth:`start` starts the render thread;
+    :meth:`close` stops it and disconnects PyBullet. :attr:`finished` becomes set when the thread ends by itself
+    (``max_frames`` reached, or an error: see :attr:`error`).
+
+    Raises:
+        SimCameraError: invalid parameters (the message names the parameter and what is allowed).
+    """
+
+    def __init__(self, node_name: str = NODE_NAME, **kwargs: Any) -> None:
+        super().__init__(node_name, **kwargs)
+        self._settings = self._declare_parameters()
+        self._use_sim_time = bool(self.get_parameter("use_sim_time").value)
+        s = self._settings
+        qos = output_qos(s.qos_reliability, s.qos_depth)
+        self._pub_image = self.create_publisher(Image, "image", qos)
+        self._pub_depth = self.create_publisher(Image, "depth", qos)
+        self._pub_info = self.create_publisher(CameraInfo, "camera_info", qos)
+        self._pub_compressed = self.create_publisher(CompressedImage, "image/compressed", qos) if s.compressed else None
+        self._pub_gt = self.create_publisher(InstanceArray, "ground_truth", qos) if s.publish_ground_truth else None
+        self._pub_clock = None
+        if self._use_sim_time:
+            # reliable keep-last(10): matches rclpy/rclcpp's best-effort /clock subscriptions and reliable recorders
+            self._pub_clock = self.create_publisher(Clock, "/clock", QoSProfile(
+                history=HistoryPolicy.KEEP_LAST, depth=10, reliability=ReliabilityPolicy.RELIABLE,
+                durability=DurabilityPolicy.VOLATILE))
+        self._source = SimCameraSource(s)
+        self._stop = threading.Event()
+        self.finished = threading.Event()
+        self.error: str | None = None
+        self._thread: threading.Thread | None = None
+        self._sim_ns = 0
+        self._last_stamp_ns = 0
+        self._published = 0
+        self._late = 0
+        self._last_warn = -math.inf
+        self.add_on_set_parameters_callback(self._validate_parameters)
+        self.add_post_set_parameters_callback(self._apply_parameters)
+        topics = ["image", f"depth ({s.depth_encoding})", "camera_info"]
+        topics += ["image/compressed"] if s.compressed else []
+        topics += ["ground_truth"] if s.publish_ground_truth else []
+        topics += ["/clock"] if self._use_sim_time else []
+        self.get_logger().info(
+            f"{s.width}x{s.height} at {s.rate:g} Hz, {s.camera_motion} camera, seed {s.seed}, frame_id "
+            f"{s.frame_id}; publishing {', '.join(topics)} ({describe(qos)}); stamps: "
+            f"{'simulated time, published on /clock' if self._use_sim_time else 'wall clock'}"
+            f"{f'; exiting after {s.max_frames} frames' if s.max_frames else ''}")
+
+    # ------------------------------------------------------------------ parameters
+    def _declare_parameters(self) -> SimCameraSettings:
+        overrides: dict[str, Parameter] = getattr(self, "_parameter_overrides", {})
+        values: dict[str, Any] = {}
+        for spec in SPECS:
+            given = overrides.get(spec.name)
+            if given is not None and spec.type is float and given.type_ == Parameter.Type.INTEGER:
+                # `-p rate:=5` arrives as an integer; a float parameter takes it as 5.0
+                overrides[spec.name] = Parameter(spec.name, Parameter.Type.DOUBLE, float(given.value))
+            try:
+                values[spec.name] = self.declare_parameter(spec.name, spec.default, _descriptor(spec)).value
+            except InvalidParameterTypeException:
+                raise SimCameraError(
+                    f"Parameter {spec.name} must be of type {spec.type.__name__} (default {spec.default!r}), got "
+                    f"{given.value if given is not None else None!r}; fix it in the params file or on the command "
+                    "line.") from None
+            except InvalidParameterValueException as exc:
+                raise SimCameraError(f"Parameter {spec.name}: {_one_line(exc)}") from None
+        unknown = sorted(n for n in overrides if not self.has_parameter(n) and not n.startswith("qos_overrides."))
+        for name in unknown:
+            self.get_logger().warning(f"Ignoring unknown parameter '{name}' (a typo?). Known parameters: "
+                                      f"{', '.join(_FIELD)}, use_sim_time.")
+        return SimCameraSettings.from_flat(values)
+
+    def _validate_parameters(self, params: list[Parameter]) -> SetParametersResult:
+        """On-set: refuse invalid values (read-only ones are refused by rclpy itself) with a reason."""
+        flat = self._settings.to_flat()
+        for p in params:
+            if p.name == "use_sim_time" and bool(p.value) != self._use_sim_time:
+                return SetParametersResult(successful=False, reason=(
+                    "use_sim_time is read at start-up (it decides whether this node publishes /clock); restart "
+                    "the node with -p use_sim_time:=true|false."))
+            spec = _SPECS_BY_NAME.get(p.name)
+            if spec is None:
+                continue
+            value = p.value
+            if spec.type is float and p.type_ == Parameter.Type.INTEGER:
+                value = float(value)
+            flat[p.name] = value
+        try:
+            SimCameraSettings.from_flat(flat)
+        except SimCameraError as exc:
+            return SetParametersResult(successful=False, reason=str(exc))
+        return SetParametersResult(successful=True)
+
+    def _apply_parameters(self, params: list[Parameter]) -> None:
+        flat = self._settings.to_flat()
+        changed = {p.name: p.value for p in params if p.name in _SPECS_BY_NAME}
+        if not changed:
+            return
+        flat.update(changed)
+        self._settings = SimCameraSettings.from_flat(flat)
+        self._source.settings = self._settings  # the render thread picks it up before its next frame
+        self.get_logger().info("parameters updated: " + ", ".join(f"{k}={v!r}" for k, v in changed.items()))
+
+    @property
+    def settings(self) -> SimCameraSettings:
+        return self._settings
+
+    @property
+    def frames_published(self) -> int:
+        """Frames published so far."""
+        return self._published
+
+    @property
+    def late_frames(self) -> int:
+        """Frames whose rendering and publishing took longer than ``1 / rate``."""
+        return self._late
+
+    # ------------------------------------------------------------------ render thread
+    def start(self) -> None:
+        """Start the render thread (once)."""
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="sim_camera_render", daemon=True)
+            self._thread.start()
+
+    def close(self, timeout: float = 10.0) -> None:
+        """Stop the render thread and disconnect PyBullet (idempotent); the node itself stays until destroyed."""
+        self._stop.set()
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join(timeout)
+            if self._thread.is_alive():
+                self.get_logger().warning(f"render thread did not stop within {timeout:g} s")
+                return  # it still uses the scene: leave it to process exit
+        self._source.close()
+
+    def _next_stamp_ns(self, rate: float) -> int:
+        if self._use_sim_time:
+            self._sim_ns += max(1, round(1e9 / rate))
+            stamp = self._sim_ns
+        else:
+            stamp = self.get_clock().now().nanoseconds
+        stamp = max(stamp, self._last_stamp_ns + 1)  # strictly increasing, even if the wall clock steps back
+        self._last_stamp_ns = stamp
+        return stamp
+
+    def _publish(self, frame: SimFrame, stamp_ns: int) -> None:
+        s = self._settings
+        if self._pub_clock is not None:
+            self._pub_clock.publish(Clock(clock=stamp_from_ns(stamp_ns)))
+        hdr = header(s.frame_id, stamp_ns)
+        self._pub_image.publish(image_msg(frame.color, "rgb8", hdr))
+        if s.depth_encoding == "16UC1":
+            self._pub_depth.publish(image_msg(encode_depth_16uc1(frame.depth), "16UC1", hdr))
+        else:
+            self._pub_depth.publish(image_msg(frame.depth, "32FC1", hdr))
+        self._pub_info.publish(camera_info_msg(frame.intrinsics, hdr))
+        if self._pub_compressed is not None and self._pub_compressed.get_subscription_count() > 0:
+            self._pub_compressed.publish(compressed_image_msg(frame.color, "jpeg", hdr))
+        if self._pub_gt is not None and frame.ground_truth is not None:
+            self._pub_gt.publish(instance_array_msg(frame.ground_truth, hdr))
+
+    def _run(self) -> None:
+        try:
+            self._loop()
+        except Exception as exc:
+            if not self._stop.is_set() and self.context.ok():
+                self.error = f"{type(exc).__name__}: {_one_line(exc)}"
+                self.get_logger().error(f"simulated camera stopped: {self.error}")
+        finally:
+            self.finished.set()
+
+    def _wait_for_subscribers(self, count: int) -> bool:
+        """Block until ``image`` (+ ``image/compressed``) has ``count`` subscribers; False when stopped first."""
+        self.get_logger().info(f"waiting for {count} subscriber(s) on image before publishing the first frame")
+        pubs = [p for p in (self._pub_image, self._pub_compressed) if p is not None]
+        while sum(p.get_subscription_count() for p in pubs) < count:
+            if self._stop.wait(0.02) or not self.context.ok():
+                return False
+        self.get_logger().info("subscriber(s) connected: publishing")
+        return True
+
+    def _loop(self) -> None:
+        if self._settings.wait_for_subscribers and not self._wait_for_subscribers(self._settings.wait_for_subscribers):
+            return
+        due = time.monotonic()
+        while not self._stop.is_set():
+            s = self._settings
+            if s.max_frames and self._published >= s.max_frames:
+                self._wait_for_acks()
+                self.get_logger().info(f"published {self._published} frames (max_frames); exiting")
+                return
+            wait = due - time.monotonic()
+            if wait > 0 and self._stop.wait(wait):
+                return
+            t0 = time.monotonic()
+            frame = self._source.next()
+            if frame.timings["scene"] > 0:
+                scene = self._source.scene
+                self.get_logger().info(
+                    f"scene {frame.scene_index} (seed {scene_seed(s.seed, frame.scene_index)}): "
+                    f"{len(scene.objects) if scene else 0} objects on a {scene.support if scene else '?'}, built in "
+                    f"{frame.timings['scene']:.0f} ms")
+            if self._stop.is_set() or not self.context.ok():
+                return
+            self._publish(frame, self._next_stamp_ns(s.rate))
+            self._published += 1
+            now = time.monotonic()
+            period = 1.0 / s.rate
+            work = now - t0 - frame.timings["scene"] / 1e3  # a new scene is a one-off pause, not a slow camera
+            due += period
+            if due < now:  # late: start the next frame now, never catch up with a burst
+                due = now
+            if work > period:
+                self._late += 1
+                if now - self._last_warn >= _WARN_PERIOD:
+                    self._last_warn = now
+                    self.get_logger().warning(
+                        f"a frame takes {work * 1e3:.0f} ms ({1.0 / work:.1f} Hz), slower than rate {s.rate:g} Hz: "
+                        f"publishing as fast as possible ({self._late} late frame(s) so far). Lower width/height "
+                        f"or rate, or turn off publish_ground_truth / camera_motion orbit.")
+
+    def _wait_for_acks(self) -> None:
+        end = time.monotonic() + _ACK_TIMEOUT
+        for pub in (self._pub_clock, self._pub_image, self._pub_depth, self._pub_info, self._pub_compressed,
+                    self._pub_gt):
+            left = end - time.monotonic()
+            if pub is not None and left > 0:
+                pub.wait_for_all_acked(Duration(nanoseconds=int(left * 1e9)))
+
+
+# ---------------------------------------------------------------------------------------- entry point
+def _parse_args(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="sim_camera_node",
+        description="Simulated RGB-D camera (PyBullet tabletop): image, depth, camera_info [, ground_truth, /clock]. "
+                    "Parameters and remappings go after --ros-args, e.g. --ros-args -p width:=320 -p height:=240 "
+                    "-p publish_ground_truth:=true -r __ns:=/sim",
+    )
+    return parser.parse_args(remove_ros_args(argv)[1:])
+
+
+def main(args: list[str] | None = None) -> int:
+    """Console entry point ``sim_camera_node``; ``args`` is a full argv (program name first).
+
+    Returns:
+        0 after SIGINT / SIGTERM or ``max_frames`` frames, 1 when rendering failed, 2 for invalid parameters.
+    """
+    argv = list(sys.argv if args is None else args)
+    _parse_args(argv)
+    rclpy.init(args=argv)
+    node: SimCameraNode | None = None
+    code = 0
+    try:
+        try:
+            node = SimCameraNode()
+        except (SimCameraError, SceneError) as exc:
+            rclpy.logging.get_logger(NODE_NAME).error(f"invalid parameters: {_one_line(exc)}")
+            return 2
+        executor = SingleThreadedExecutor()
+        executor.add_node(node)
+        node.start()
+        while rclpy.ok() and not node.finished.is_set():
+            executor.spin_once(timeout_sec=0.1)
+        code = 1 if node.error else 0
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    finally:
+        if node is not None:
+            node.close()
+            node.destroy_node()
+        rclpy.try_shutdown()
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())
