@@ -312,3 +312,15 @@ def test_sim_time_clock_32fc1_compressed_and_max_frames(procs, ros):
     # the orbiting camera sees a different picture every frame
     imgs = [np.frombuffer(c.by_topic["image"][s].data, np.uint8) for s in stamps[-2:]]
     assert not np.array_equal(*imgs)
+
+
+@pytest.mark.ros
+def test_sigterm_while_waiting_for_subscribers_exits_cleanly(procs, ros):
+    import signal
+
+    p = procs.start(_command("wait_for_subscribers:=3") + ["-r", "__ns:=/sim_cam_c"], log_name="sim_camera_node_term")
+    up = ros.spin_until(lambda: "waiting for 3 subscriber(s)" in procs.log(p) or p.poll() is not None, timeout=30.0)
+    assert up and p.poll() is None, f"node did not come up; log:\n{procs.log(p)}"
+    p.send_signal(signal.SIGTERM)
+    assert p.wait(10.0) == 0, f"SIGTERM should exit 0; log:\n{procs.log(p)}"
+    assert "Traceback" not in procs.log(p) and "published" not in procs.log(p)

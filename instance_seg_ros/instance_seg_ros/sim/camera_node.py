@@ -623,11 +623,12 @@ class SimCameraNode(Node):
             self._published += 1
             now = time.monotonic()
             period = 1.0 / s.rate
-            work = now - t0 - frame.timings["scene"] / 1e3  # a new scene is a one-off pause, not a slow camera
+            work = now - t0
             due += period
             if due < now:  # late: start the next frame now, never catch up with a burst
                 due = now
-            if work > period:
+            # a scene's first frame (building it, its first render) is a one-off pause, not a slow camera
+            if work > period and frame.timings["scene"] == 0:
                 self._late += 1
                 if now - self._last_warn >= _WARN_PERIOD:
                     self._last_warn = now
