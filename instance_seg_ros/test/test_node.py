@@ -281,3 +281,39 @@ def test_diagnostics_report_rates_and_counts(node):
     assert float(d["latency_ms_mean"]) > 0
     assert d["input.camera_info"] == "/camera_info"
     _alive(proc, group)
+
+
+def test_silent_publishers_are_reported_with_the_large_data_hint(node):
+    """Publishers that are matched but deliver nothing (the Fast DDS large-data symptom) are warned about."""
+    h, proc, group = node
+    (res,) = h.set_params({"diagnostics.stale_timeout": 1.0})
+    assert res.successful, res.reason
+    try:
+        assert h.wait_diag(lambda d: "silent" in d["_message"], 10.0), h.out.diagnostics[-1]
+        assert h.out.diagnostics[-1]["_level"] == 1  # WARN
+        assert h.ctx.spin_until(lambda: "FASTDDS_BUILTIN_TRANSPORTS=LARGE_DATA" in group.log(proc), 5.0)
+        assert "delivered nothing" in group.log(proc)
+    finally:
+        h.set_params({"diagnostics.stale_timeout": 5.0})
+    assert h.send_and_wait(h.frame()) is not None
+    _alive(proc, group)
+
+
+def test_incompatible_qos_is_logged_and_counted(node):
+    from rclpy.event_handler import SubscriptionEventCallbacks
+    from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
+
+    from instance_seg_msgs.msg import InstanceArray
+
+    h, proc, group = node
+    before = h.diag_count("qos_incompatible")
+    latched = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL)
+    sub = h.ctx.node.create_subscription(InstanceArray, "instances", lambda m: None, latched,
+                                         event_callbacks=SubscriptionEventCallbacks(incompatible_qos=lambda e: None))
+    try:
+        assert h.wait_diag(lambda d: int(d.get("qos_incompatible", 0)) > before, 10.0)
+        assert h.ctx.spin_until(lambda: "incompatible QoS" in group.log(proc), 5.0)
+        assert "DURABILITY" in group.log(proc).upper()
+    finally:
+        h.ctx.node.destroy_subscription(sub)
+    _alive(proc, group)

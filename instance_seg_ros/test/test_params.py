@@ -192,3 +192,22 @@ def test_sim_launch(monkeypatch):
     assert by_exe["sim_camera_node"]["namespace"] == by_exe["instance_seg_node"]["namespace"] == "sim"
     params_file, overrides = by_exe["instance_seg_node"]["parameters"]
     assert Path(params_file).exists() and overrides["use_sim_time"] is True
+
+
+@pytest.mark.parametrize(
+    ("env", "reliability", "fragment"),
+    [
+        ({"FASTDDS_BUILTIN_TRANSPORTS": "LARGE_DATA", "ROS_AUTOMATIC_DISCOVERY_RANGE": "SUBNET"}, "best_effort", ""),
+        ({"FASTDDS_BUILTIN_TRANSPORTS": "LARGE_DATA"}, "best_effort", ""),
+        ({"FASTDDS_BUILTIN_TRANSPORTS": "LARGE_DATA", "ROS_AUTOMATIC_DISCOVERY_RANGE": "LOCALHOST"}, "best_effort",
+         "overrides FASTDDS_BUILTIN_TRANSPORTS=LARGE_DATA"),
+        ({}, "best_effort", "FASTDDS_BUILTIN_TRANSPORTS is DEFAULT"),
+        ({}, "reliable", ""),
+        ({"RMW_IMPLEMENTATION": "rmw_cyclonedds_cpp"}, "best_effort", ""),
+    ],
+)
+def test_transport_warning(env, reliability, fragment):
+    from instance_seg_ros.ros.node import transport_warning
+
+    text = transport_warning(env, reliability)
+    assert (fragment in text) if fragment else text == ""
