@@ -1,0 +1,101 @@
+"""Matching predicted instances to ground truth by visible-mask IoU, and a small PLY writer.
+
+Used by the demo's ground-truth line, the shipped-model test and the rosbag evaluator's 3D metrics
+(the COCO AP figures come from :mod:`.coco_eval`, which runs pycocotools).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .types import FrameResult, InstanceResult
+
+__all__ = ["Match", "crop_iou_matrix", "match_instances", "write_ply"]
+
+
+def _box_xyxy(inst: InstanceResult, amodal: bool) -> tuple[int, int, int, int]:
+    x, y, w, h = inst.amodal_bbox if amodal else inst.bbox
+    return x, y, x + w, y + h
+
+
+def _iou(a: InstanceResult, b: InstanceResult, amodal: bool) -> float:
+    ax0, ay0, ax1, ay1 = _box_xyxy(a, amodal)
+    bx0, by0, bx1, by1 = _box_xyxy(b, amodal)
+    ma = (a.amodal_mask if amodal else a.mask).astype(bool)
+    mb = (b.amodal_mask if amodal else b.mask).astype(bool)
+    area_a, area_b = int(ma.sum()), int(mb.sum())
+    x0, y0, x1, y1 = max(ax0, bx0), max(ay0, by0), min(ax1, bx1), min(ay1, by1)
+    inter = 0
+    if x1 > x0 and y1 > y0:
+        inter = int((ma[y0 - ay0:y1 - ay0, x0 - ax0:x1 - ax0] & mb[y0 - by0:y1 - by0, x0 - bx0:x1 - bx0]).sum())
+    union = area_a + area_b - inter
+    return inter / union if union else 0.0
+
+
+def crop_iou_matrix(pred: list[InstanceResult], gt: list[InstanceResult], *, amodal: bool = False) -> np.ndarray:
+    """IoU float64[P, G] of the (visible or amodal) masks, computed on the overlap of their crops only."""
+    out = np.zeros((len(pred), len(gt)))
+    for i, p in enumerate(pred):
+        for j, g in enumerate(gt):
+            out[i, j] = _iou(p, g, amodal)
+    return out
+
+
+@dataclass(frozen=True)
+class Match:
+    pred: int  # position in the prediction list
+    gt: int  # position in the ground-truth list
+    iou: float
+    centroid_error_m: float  # |pred centroid - gt centroid|, nan when either has no points
+
+
+def match_instances(pred: FrameResult, gt: FrameResult, *, iou_threshold: float = 0.5, amodal: bool = False
+                    ) -> list[Match]:
+    """Greedy one-to-one matching in descending prediction score (COCO style) at mask IoU ≥ ``iou_threshold``."""
+    if not 0.0 < iou_threshold <= 1.0:
+        raise ValueError(f"iou_threshold must be in (0, 1], got {iou_threshold}.")
+    ious = crop_iou_matrix(pred.instances, gt.instances, amodal=amodal)
+    order = sorted(range(len(pred.instances)), key=lambda i: -pred.instances[i].score)
+    taken: set[int] = set()
+    matches = []
+    for i in order:
+        best, best_iou = -1, iou_threshold
+        for j in range(len(gt.instances)):
+            if j not in taken and ious[i, j] >= best_iou:
+                best, best_iou = j, ious[i, j]
+        if best >= 0:
+            taken.add(best)
+            p, g = pred.instances[i], gt.instances[best]
+            err = float(np.linalg.norm(np.asarray(p.centroid) - np.asarray(g.centroid))) \
+                if p.num_points and g.num_points else float("nan")
+            matches.append(Match(i, best, float(best_iou), err))
+    return matches
+
+
+def write_ply(path: str | Path, points: np.ndarray, colors: np.ndarray | None = None) -> Path:
+    """Binary little-endian PLY of ``points`` float32[N, 3] (+ ``colors`` uint8[N, 3]); readable by Open3D,
+    MeshLab and CloudCompare."""
+    pts = np.asarray(points, dtype="<f4").reshape(-1, 3)
+    props = ["property float x", "property float y", "property float z"]
+    if colors is not None:
+        rgb = np.asarray(colors, dtype=np.uint8).reshape(-1, 3)
+        if rgb.shape[0] != pts.shape[0]:
+            raise ValueError(f"colors has {rgb.shape[0]} rows but points has {pts.shape[0]}.")
+        rec = np.empty(pts.shape[0], dtype=[("x", "<f4"), ("y", "<f4"), ("z", "<f4"),
+                                            ("red", "u1"), ("green", "u1"), ("blue", "u1")])
+        rec["red"], rec["green"], rec["blue"] = rgb[:, 0], rgb[:, 1], rgb[:, 2]
+        props += ["property uchar red", "property uchar green", "property uchar blue"]
+    else:
+        rec = np.empty(pts.shape[0], dtype=[("x", "<f4"), ("y", "<f4"), ("z", "<f4")])
+    rec["x"], rec["y"], rec["z"] = pts[:, 0], pts[:, 1], pts[:, 2]
+    head = "\n".join(["ply", "format binary_little_endian 1.0", f"element vertex {pts.shape[0]}", *props,
+                      "end_header"]) + "\n"
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "wb") as fh:
+        fh.write(head.encode("ascii"))
+        fh.write(rec.tobytes())
+    return path
