@@ -5,9 +5,10 @@
 >>> det = predictor.predict(color, depth)          # color [H, W, 3] uint8 RGB, depth [H, W] float32 m
 >>> det.masks.shape, det.timings["inference"]      # torch.Size([N, H, W]) bool on the device, ms
 
-The network runs at the camera's own resolution unless ``min_size`` / ``max_size`` are set (no
-upscaling to torchvision's 800 px). Results stay torch tensors **on the device**; the caller decides
-what to copy back.
+The network input size is, per side, ``min_size`` / ``max_size`` when set, else the inference size
+the weights' meta records (``infer_min_size`` / ``infer_max_size``: a model trained by ``isr train`` at
+240x320 runs at 240x320), else the camera's own resolution (no upscaling to torchvision's 800 px). Results stay
+torch tensors **on the device**; the caller decides what to copy back.
 """
 
 from __future__ import annotations
@@ -146,7 +147,8 @@ class Predictor:
         precision: ``fp32`` | ``fp16`` | ``bf16`` (CUDA autocast; CPU always runs fp32, with a log note).
         score_threshold, mask_threshold, nms_threshold (float in [0, 1]), max_instances (int ≥ 1):
             may be changed between frames (attributes or :meth:`update`).
-        min_size, max_size (int): network input short / long side; 0 = the frame's own size.
+        min_size, max_size (int): network input short / long side; 0 = the weights' inference size
+            (``meta.infer_min_size`` / ``infer_max_size``) when set, else the frame's own size.
         threads (int): ``torch.set_num_threads`` (process-wide) when > 0.
         log: callable taking one message (e.g. a ROS logger's ``info``); ``logging`` otherwise.
     """
@@ -267,6 +269,14 @@ class Predictor:
             else:
                 raise PredictorError(f"Unknown predictor setting {k!r}; known: {', '.join((*floats, *ints))}.")
 
+    def input_size(self, height: int, width: int) -> tuple[int, int]:
+        """``(min_size, max_size)`` the network input is resized to for a ``height`` x ``width`` frame:
+        each side from the predictor's setting when nonzero, else the weights' inference size
+        (``meta.infer_min_size`` / ``infer_max_size``, set by ``isr train``) when nonzero, else the frame's own."""
+        min_s = self.min_size or int(getattr(self.meta, "infer_min_size", 0) or 0) or min(height, width)
+        max_s = self.max_size or int(getattr(self.meta, "infer_max_size", 0) or 0) or max(height, width)
+        return min_s, max_s
+
     # ----------------------------------------------------------------- running
     def _sync(self) -> None:
         if self.device.type == "cuda":
@@ -305,8 +315,7 @@ class Predictor:
         rh.score_thresh = self.score_threshold
         rh.nms_thresh = self.nms_threshold
         rh.detections_per_img = self.max_instances
-        min_s = self.min_size or min(h, w)
-        max_s = self.max_size or max(h, w)
+        min_s, max_s = self.input_size(h, w)
         model.transform.min_size = (min_s,)
         model.transform.max_size = max_s
 

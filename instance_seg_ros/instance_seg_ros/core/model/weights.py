@@ -85,11 +85,17 @@ class ModelMeta:
         input_mode (str): ``rgb`` or ``rgbd``.
         backbone (str): one of :data:`~.backbones.BACKBONES`.
         min_size, max_size (int): the network input size it was trained at.
+        infer_min_size, infer_max_size (int): the network input short / long side to run it at; 0 = the
+            frame's own size. ``isr train`` sets them to the training size, so a model trained at 240x320 on
+            640x480 images sees objects at the same pixel scale in use. :class:`~.predictor.Predictor` takes
+            ``model.min_size`` / ``model.max_size`` when nonzero, else these. Missing in older files → 0.
         builder_kwargs (dict): every argument of :func:`build_amodal_maskrcnn` that rebuilds the architecture
             (head sizes, frozen BN, RPN / box settings ...).
         depth_normalization (dict | None): ``{"max_m", "mean", "std"}`` of the depth channel (rgbd).
         training_data (str): a description of the training data.
         metrics (dict[str, float]): evaluation results (e.g. ``{"mask_ap": 0.61}``).
+        training (dict): how it was trained (``isr train``: iterations, batch size, lr, hardware, data sets
+            with image counts and seeds ...); plain JSON types. Missing in older files → ``{}``.
         created (str): ISO 8601 UTC time.
         torch_version, torchvision_version (str): versions that wrote the file.
         notes (str): anything else.
@@ -100,10 +106,13 @@ class ModelMeta:
     backbone: str = "resnet18_fpn"
     min_size: int = 480
     max_size: int = 640
+    infer_min_size: int = 0
+    infer_max_size: int = 0
     builder_kwargs: dict[str, Any] = field(default_factory=dict)
     depth_normalization: dict[str, float] | None = None
     training_data: str = ""
     metrics: dict[str, Any] = field(default_factory=dict)
+    training: dict[str, Any] = field(default_factory=dict)
     created: str = ""
     torch_version: str = ""
     torchvision_version: str = ""
@@ -120,6 +129,12 @@ class ModelMeta:
             raise WeightsError(f"meta.input_mode must be one of {', '.join(INPUT_MODES)}, got {self.input_mode!r}.")
         if self.backbone not in BACKBONES:
             raise WeightsError(f"meta.backbone must be one of {', '.join(BACKBONES)}, got {self.backbone!r}.")
+        for name in ("infer_min_size", "infer_max_size"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+                raise WeightsError(f"meta.{name} must be an integer >= 0 (0 = the frame's own size), got {v!r}.")
+        if not isinstance(self.training, dict):
+            raise WeightsError(f"meta.training must be a dict, got {type(self.training).__name__}.")
         if self.input_mode == "rgbd" and self.depth_normalization is None:
             self.depth_normalization = {"max_m": DEPTH_MAX_M, "mean": DEPTH_MEAN, "std": DEPTH_STD}
         if not self.created:
