@@ -12,7 +12,6 @@ import array
 
 import numpy as np
 from builtin_interfaces.msg import Time
-from geometry_msgs.msg import Point, Pose, Quaternion, Vector3
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image, PointCloud2, PointField, RegionOfInterest
 from std_msgs.msg import Header
 
@@ -54,6 +53,7 @@ _XYZ_FIELDS = [
     PointField(name="z", offset=8, datatype=PointField.FLOAT32, count=1),
 ]
 _RGB_FIELD = PointField(name="rgb", offset=12, datatype=PointField.FLOAT32, count=1)
+_XYZRGB_FIELDS = [*_XYZ_FIELDS, _RGB_FIELD]
 
 
 def byte_array(arr: np.ndarray) -> array.array:
@@ -77,6 +77,13 @@ def header(frame_id: str = "", stamp_ns: int = 0) -> Header:
 
 def image_msg(arr: np.ndarray, encoding: str, hdr: Header | None = None) -> Image:
     """An Image from a ``[H, W]`` or ``[H, W, C]`` array whose dtype/channels match ``encoding``."""
+    msg = Image()
+    _fill_image(msg, arr, encoding, hdr)
+    return msg
+
+
+def _fill_image(msg: Image, arr: np.ndarray, encoding: str, hdr: Header | None) -> None:
+    """Fill an existing Image in place (a message's default sub-message: no second construction)."""
     if encoding not in _ENCODING_DTYPES:
         raise ValueError(f"Unsupported encoding '{encoding}'; use one of {', '.join(_ENCODING_DTYPES)}.")
     dtype, channels = _ENCODING_DTYPES[encoding]
@@ -87,14 +94,12 @@ def image_msg(arr: np.ndarray, encoding: str, hdr: Header | None = None) -> Imag
             f"got {arr.dtype.name} of shape {arr.shape}."
         )
     h, w = arr.shape[:2]
-    msg = Image()
     if hdr is not None:
         msg.header = hdr
     msg.height, msg.width, msg.encoding = int(h), int(w), encoding
     msg.is_bigendian = 0
-    msg.step = int(w * channels * np.dtype(dtype).itemsize)
+    msg.step = int(w * channels * arr.itemsize)
     msg.data = byte_array(arr)
-    return msg
 
 
 def compressed_image_msg(
@@ -138,31 +143,51 @@ def label_image_msg(labels: np.ndarray, hdr: Header | None = None) -> Image:
 
 def pointcloud2_msg(points: np.ndarray, colors: np.ndarray | None = None, hdr: Header | None = None) -> PointCloud2:
     """An unorganized (height 1) PointCloud2 with x, y, z float32 and, with ``colors``, a packed rgb field."""
+    msg = PointCloud2()
+    _fill_cloud(msg, points, colors, hdr)
+    return msg
+
+
+# x, y, z as one 12-byte item: numpy copies one item per point instead of running an inner loop of length 3 per
+# point; the color bytes are 4 strided 1-D copies. ~2x faster than float32 column arithmetic for a few thousand points.
+_XYZRGB = np.dtype({"names": ["xyz", "rgb"], "formats": ["V12", "<u4"], "offsets": [0, 12], "itemsize": 16})
+
+
+def _pack_xyzrgb(pts: np.ndarray, rgb: np.ndarray) -> np.ndarray:
+    """[N, 3] float32 points + [N, 3] uint8 RGB -> [N] records of 16 bytes: x, y, z float32, then rgb as the
+    little-endian uint32 ``0x00RRGGBB`` (bytes b, g, r, 0; read as a float32 by PCL / RViz)."""
+    n = pts.shape[0]
+    buf = np.empty(n, _XYZRGB)
+    buf["xyz"] = np.ascontiguousarray(pts).view("V12")[:, 0]
+    b8 = buf.view(np.uint8)
+    b8[12::16] = rgb[:, 2]
+    b8[13::16] = rgb[:, 1]
+    b8[14::16] = rgb[:, 0]
+    b8[15::16] = 0
+    return buf
+
+
+def _fill_cloud(msg: PointCloud2, points: np.ndarray, colors: np.ndarray | None, hdr: Header | None) -> None:
     pts = np.asarray(points, dtype=np.float32).reshape(-1, 3)
     n = pts.shape[0]
     if colors is not None:
         rgb = np.asarray(colors, dtype=np.uint8).reshape(-1, 3)
         if rgb.shape[0] != n:
             raise ValueError(f"colors has {rgb.shape[0]} rows but points has {n}.")
-        buf = np.empty((n, 4), dtype=np.float32)
-        buf[:, :3] = pts
-        packed = (rgb[:, 0].astype(np.uint32) << 16) | (rgb[:, 1].astype(np.uint32) << 8) | rgb[:, 2]
-        buf[:, 3] = packed.view(np.float32)
-        fields = [*_XYZ_FIELDS, _RGB_FIELD]
+        buf = _pack_xyzrgb(pts, rgb)
+        fields = _XYZRGB_FIELDS
     else:
         buf = pts
-        fields = list(_XYZ_FIELDS)
-    msg = PointCloud2()
+        fields = _XYZ_FIELDS
     if hdr is not None:
         msg.header = hdr
     msg.height, msg.width = 1, n
-    msg.fields = fields
+    msg.fields = list(fields)
     msg.is_bigendian = False
-    msg.point_step = 4 * buf.shape[1]
+    msg.point_step = 16 if colors is not None else 12
     msg.row_step = msg.point_step * n
     msg.is_dense = True
     msg.data = byte_array(buf)
-    return msg
 
 
 def pointcloud2_to_arrays(msg: PointCloud2) -> tuple[np.ndarray, np.ndarray | None]:
@@ -185,39 +210,54 @@ def pointcloud2_to_arrays(msg: PointCloud2) -> tuple[np.ndarray, np.ndarray | No
 
 
 def _roi(box: tuple[int, int, int, int]) -> RegionOfInterest:
-    x, y, w, h = (int(v) for v in box)
-    return RegionOfInterest(x_offset=x, y_offset=y, width=w, height=h, do_rectify=False)
+    msg = RegionOfInterest()
+    _fill_roi(msg, box)
+    return msg
+
+
+def _fill_roi(msg: RegionOfInterest, box: tuple[int, int, int, int]) -> None:
+    x, y, w, h = box
+    msg.x_offset, msg.y_offset, msg.width, msg.height = int(x), int(y), int(w), int(h)
+    msg.do_rectify = False
+
+
+def _mask_bytes(mask: np.ndarray) -> np.ndarray:
+    m = np.asarray(mask)
+    return (m.view(np.uint8) * np.uint8(255)) if m.dtype == bool else np.where(m > 0, 255, 0).astype(np.uint8)
 
 
 def _mask_msg(mask: np.ndarray, hdr: Header) -> Image:
-    m = np.asarray(mask)
-    m = (m.astype(bool).view(np.uint8) * np.uint8(255)) if m.dtype == bool else np.where(m > 0, 255, 0).astype(np.uint8)
-    return image_msg(m, "mono8", hdr)
+    return image_msg(_mask_bytes(mask), "mono8", hdr)
+
+
+def _fill_xyz(msg, v: np.ndarray) -> None:
+    msg.x, msg.y, msg.z = float(v[0]), float(v[1]), float(v[2])
 
 
 def instance_msg(inst: InstanceResult, hdr: Header) -> Instance:
+    """One Instance: every sub-message is the Instance's own default one, filled in place (half the objects a
+    build-then-assign would construct), and every array is one memcpy (see :func:`byte_array`)."""
     msg = Instance()
     msg.index = int(inst.index)
     msg.track_id = int(inst.track_id)
     msg.class_id = int(inst.class_id)
     msg.class_name = str(inst.class_name)
     msg.score = float(inst.score)
-    msg.bbox = _roi(inst.bbox)
-    msg.mask = _mask_msg(inst.mask, hdr)
-    msg.amodal_bbox = _roi(inst.amodal_bbox)
-    msg.amodal_mask = _mask_msg(inst.amodal_mask, hdr)
+    _fill_roi(msg.bbox, inst.bbox)
+    _fill_image(msg.mask, _mask_bytes(inst.mask), "mono8", hdr)
+    _fill_roi(msg.amodal_bbox, inst.amodal_bbox)
+    _fill_image(msg.amodal_mask, _mask_bytes(inst.amodal_mask), "mono8", hdr)
     msg.occlusion = float(inst.occlusion)
     msg.is_occluded = bool(inst.is_occluded)
-    msg.points = pointcloud2_msg(inst.points, inst.colors, hdr)
+    _fill_cloud(msg.points, inst.points, inst.colors, hdr)
     msg.depth_coverage = float(inst.depth_coverage)
-    c = np.asarray(inst.centroid, dtype=np.float64)
-    msg.centroid = Point(x=float(c[0]), y=float(c[1]), z=float(c[2]))
-    bc, q, s = (np.asarray(v, dtype=np.float64) for v in (inst.box_center, inst.box_quat, inst.box_size))
-    msg.box_pose = Pose(
-        position=Point(x=float(bc[0]), y=float(bc[1]), z=float(bc[2])),
-        orientation=Quaternion(x=float(q[0]), y=float(q[1]), z=float(q[2]), w=float(q[3])),
-    )
-    msg.box_size = Vector3(x=float(s[0]), y=float(s[1]), z=float(s[2]))
+    _fill_xyz(msg.centroid, np.asarray(inst.centroid, dtype=np.float64))
+    pose = msg.box_pose
+    _fill_xyz(pose.position, np.asarray(inst.box_center, dtype=np.float64))
+    q = np.asarray(inst.box_quat, dtype=np.float64)
+    o = pose.orientation
+    o.x, o.y, o.z, o.w = float(q[0]), float(q[1]), float(q[2]), float(q[3])
+    _fill_xyz(msg.box_size, np.asarray(inst.box_size, dtype=np.float64))
     return msg
 
 
