@@ -159,6 +159,9 @@ def test_pipeline_exception_never_kills_the_node(ros):
         assert ros.spin_until(lambda: node.stats.count("pipeline_errors") >= 1, 10.0)
         del node._seg.process
         assert "illegal memory access" in node.stats.last_error
+        h.send(f)  # then a warning (duplicate stamps) right after the error: logging must cope with both
+        assert ros.spin_until(lambda: node.stats.count("rejected.duplicate_stamp") >= 1, 10.0)
+        assert node.stats.count("callback_errors") == 0
         assert h.send_and_wait(h.frame()) is not None
         assert f.stamp_ns not in h.out.instances
         assert node._worker is not None and node._worker.is_alive()

@@ -247,7 +247,11 @@ class InstanceSegNode(LifecycleNode):
 
     def _apply_parameters(self, params: list[Parameter]) -> None:
         """Post-set: take the new values; the worker hands a new config to the pipeline before its next frame."""
-        cfg, settings = self._merged(params)
+        try:
+            cfg, settings = self._merged(params)
+        except ConfigError as exc:  # validated in the on-set callback; cannot happen
+            self._callback_error("parameters", exc)
+            return
         self._config, self._settings = cfg, settings
         self._throttle.period = settings.warn_throttle
         if self._sync is not None:
@@ -401,7 +405,21 @@ class InstanceSegNode(LifecycleNode):
 
     # ================================================================== callbacks (executor thread)
     def _on_input(self, stream: str, msg: Any) -> None:
-        """Subscription callback: stamp-match the raw message; no decoding here."""
+        """Subscription callback: stamp-match the raw message; no decoding here. Never raises (an exception
+        would stop the executor)."""
+        try:
+            self._take_input(stream, msg)
+        except Exception as exc:
+            self._callback_error("input callback", exc)
+
+    def _callback_error(self, where: str, exc: Exception) -> None:
+        self._stats.inc("callback_errors")
+        text = f"{where} failed: {_one_line(exc)}"
+        self._stats.error(text)
+        self._warn(f"callback_error_{where}", text, error=True)
+        self.get_logger().debug(traceback.format_exc())
+
+    def _take_input(self, stream: str, msg: Any) -> None:
         now = time.monotonic()
         self._inputs[stream].last_rx = now
         self._stats.tick(f"received.{stream}", now)
@@ -532,7 +550,11 @@ class InstanceSegNode(LifecycleNode):
         emit, held = self._throttle.ready(key)
         if emit:
             more = f" ({held} more since the last such warning)" if held else ""
-            (self.get_logger().error if error else self.get_logger().warning)(text + more)
+            # separate call sites: rclpy refuses a second severity at one logging call site
+            if error:
+                self.get_logger().error(text + more)
+            else:
+                self.get_logger().warning(text + more)
 
     def _reject(self, reason: str, text: str, what: str = "Frame") -> None:
         """Count a refused frame (or message) under ``reason`` and warn, throttled per reason."""
@@ -569,6 +591,12 @@ class InstanceSegNode(LifecycleNode):
 
     # ================================================================== diagnostics
     def _publish_diagnostics(self) -> None:
+        try:
+            self._diagnostics()
+        except Exception as exc:  # a timer callback must not stop the executor
+            self._callback_error("diagnostics", exc)
+
+    def _diagnostics(self) -> None:
         now = time.monotonic()
         problems = self._check_inputs(now)
         st = self._stats
@@ -576,6 +604,7 @@ class InstanceSegNode(LifecycleNode):
         n_rejected = sum(rejected.values())
         deltas = {}
         for key, value in (("rejected", n_rejected), ("pipeline_errors", st.count("pipeline_errors")),
+                           ("callback_errors", st.count("callback_errors")),
                            ("qos_incompatible", st.count("qos_incompatible"))):
             deltas[key] = value - self._diag_last.get(key, 0)
             self._diag_last[key] = value
@@ -598,6 +627,7 @@ class InstanceSegNode(LifecycleNode):
             **dict(sorted(st.counts("unmatched.").items())),
             **dict(sorted(st.counts("received.").items())),
             "pipeline_errors": st.count("pipeline_errors"),
+            "callback_errors": st.count("callback_errors"),
             "qos_incompatible": st.count("qos_incompatible"),
             **dict(sorted(st.counts("messages_lost.").items())),
             "backlog": backlog,
@@ -610,8 +640,9 @@ class InstanceSegNode(LifecycleNode):
             values["last_problem"] = st.last_error
         if self._configure_error:
             level, message = DiagnosticStatus.ERROR, self._configure_error
-        elif deltas["pipeline_errors"] > 0:
-            level, message = DiagnosticStatus.ERROR, f"{deltas['pipeline_errors']} pipeline error(s): {st.last_error}"
+        elif deltas["pipeline_errors"] > 0 or deltas["callback_errors"] > 0:
+            n = deltas["pipeline_errors"] + deltas["callback_errors"]
+            level, message = DiagnosticStatus.ERROR, f"{n} error(s): {st.last_error}"
         elif self._state != "active":
             level, message = DiagnosticStatus.WARN, f"{self._state} (not processing)"
         elif deltas["rejected"] > 0 or problems or deltas["qos_incompatible"] > 0:
