@@ -24,8 +24,8 @@ _isr_prepend LD_LIBRARY_PATH "$_isr_venv/lib"
 _isr_prepend LD_LIBRARY_PATH "$_isr_inst/instance_seg_msgs/lib"
 
 # ROS 2 middleware. LARGE_DATA lets 640x480 images reach best-effort (sensor-data) subscribers in
-# other processes; without it Fast DDS drops them all (see README "Large images"). Every process
-# on the robot that publishes or subscribes images needs the same setting.
+# other processes (without it Fast DDS drops them all), but NOT under LOCALHOST discovery, which we set
+# to keep DDS traffic on this machine: here, subscribe to large images reliably (README "Large images").
 export RMW_IMPLEMENTATION="${RMW_IMPLEMENTATION:-rmw_fastrtps_cpp}"
 export FASTDDS_BUILTIN_TRANSPORTS="${FASTDDS_BUILTIN_TRANSPORTS:-LARGE_DATA}"
 export ROS_AUTOMATIC_DISCOVERY_RANGE="${ROS_AUTOMATIC_DISCOVERY_RANGE:-LOCALHOST}"

@@ -87,8 +87,10 @@ def run(args: argparse.Namespace) -> int:
         "-p", f"seed:={args.seed}", "-p", "publish_ground_truth:=true", "-p", "camera_motion:=orbit",
         "-p", f"scene_change_every:={args.scene_change_every}", "-p", "wait_for_subscribers:=1",
     ]
+    # Reliable image inputs: under localhost-only discovery (env.sh) Fast DDS drops large best-effort images
+    # between processes even with LARGE_DATA (see README, "Large images").
     node_cmd = [sys.executable, "-m", "instance_seg_ros.ros.node", "--ros-args", "-r", f"__ns:={NS}",
-                "--params-file", str(params)]
+                "--params-file", str(params), "-p", "qos.input_reliability:=reliable"]
     if args.weights:
         node_cmd += ["-p", f"model.weights:={args.weights}"]
 
