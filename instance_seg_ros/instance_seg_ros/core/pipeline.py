@@ -25,7 +25,7 @@ from .images import FrameError, check_frame
 from .lifting import filter_cloud, label_image, lift_instances, mask_bboxes
 from .types import FrameResult, InstanceResult, Intrinsics
 
-__all__ = ["FrameError", "MaskSummary", "Segmenter", "summarize_masks"]
+__all__ = ["SUMMARY_PATHS", "FrameError", "MaskSummary", "Segmenter", "summarize_masks"]
 
 _log = logging.getLogger(__name__)
 
@@ -71,13 +71,17 @@ class MaskSummary:
     label_image: np.ndarray
 
 
+#: Implementations of :func:`summarize_masks`.
+SUMMARY_PATHS = ("auto", "host", "device", "reference")
+
+
 def summarize_masks(
     masks: torch.Tensor,
     amodal: torch.Tensor,
     scores: torch.Tensor,
     labels: torch.Tensor,
     *,
-    reference: bool = False,
+    path: str = "auto",
 ) -> MaskSummary:
     """Boxes, crops, occlusion and label image of a frame's masks.
 
@@ -85,23 +89,28 @@ def summarize_masks(
         masks, amodal (Tensor[N, H, W] bool): visible and amodal masks (amodal ⊇ visible), in descending
             score order, on any device.
         scores (Tensor[N] float), labels (Tensor[N] int64): on the same device.
-        reference: run the plain implementation (torch reductions over the full stack, one copy per crop)
-            instead of the fast path; the results are identical. For tests and ``isr bench``.
+        path: ``host``: numpy over the masks' boxes (torch's CPU kernels for bool reductions are 10-50x slower
+            than numpy's); ``device``: a few small torch reductions where the masks are and one packed
+            device-to-host copy of all crops (for accelerators; runs anywhere); ``reference``: the plain
+            implementation (torch reductions over the full stack, label image over the full stack, one copy per
+            crop); ``auto``: ``host`` for CPU tensors, else ``device``. All give the same result.
 
     Returns:
-        :class:`MaskSummary`. Fast path: on the host, numpy over the union of the boxes (torch's CPU kernels for
-        bool reductions are 10-50x slower than numpy's); on an accelerator, a few small reductions there and one
-        packed device-to-host copy of all crops.
+        :class:`MaskSummary`.
     """
+    if path not in SUMMARY_PATHS:
+        raise ValueError(f"path must be one of {', '.join(SUMMARY_PATHS)}, got {path!r}.")
     if masks.ndim != 3 or amodal.shape != masks.shape:
         raise ValueError(
             f"masks and amodal masks must be [N, H, W] of one shape, got {tuple(masks.shape)} and "
             f"{tuple(amodal.shape)}."
         )
-    if reference:
+    if path == "auto":
+        path = "host" if masks.device.type == "cpu" else "device"
+    if path == "reference":
         return _summarize_reference(masks, amodal, scores, labels)
-    if masks.device.type == "cpu":
-        return _summarize_host(masks, amodal, scores, labels)
+    if path == "host":
+        return _summarize_host(masks.cpu(), amodal.cpu(), scores.cpu(), labels.cpu())
     return _summarize_device(masks, amodal, scores, labels)
 
 
@@ -313,7 +322,8 @@ class Segmenter:
         timings = {k: float(v) for k, v in det.timings.items()}
 
         t0 = time.perf_counter()
-        summary = summarize_masks(det.masks, det.amodal_masks, det.scores, det.labels, reference=self.reference)
+        summary = summarize_masks(det.masks, det.amodal_masks, det.scores, det.labels,
+                                  path="reference" if self.reference else "auto")
         masks = summary.masks
         boxes_h, aboxes_h, occ_h = summary.boxes, summary.amodal_boxes, summary.occlusion
         scores_h, labels_h, crops, acrops = summary.scores, summary.labels, summary.crops, summary.amodal_crops

@@ -222,9 +222,10 @@ def build_config(
 ) -> tuple[Any, list[str]]:
     """The benchmark's :class:`~instance_seg_ros.core.config.Config` and the notes about what was adjusted.
 
-    ``params`` (a config / ROS params YAML; default: the built-in defaults with the bundled model, or untrained
-    weights when none is shipped), then ``overrides`` (dotted keys), ``device`` (``model.device``) and
-    ``instances`` (``model.max_instances``). Untrained weights get score and mask thresholds 0 unless overridden.
+    ``params`` (a config / ROS params YAML; default: the built-in defaults), then ``overrides`` (dotted keys),
+    ``device`` (``model.device``) and ``instances`` (``model.max_instances``). ``bundled`` weights fall back to
+    untrained ones of the configured backbone while no bundled model is shipped; untrained weights get score and
+    mask thresholds 0 unless overridden.
     """
     from ..core.config import Config
     from ..core.model import BUNDLED_WEIGHTS
@@ -232,9 +233,11 @@ def build_config(
     notes: list[str] = []
     overrides = dict(overrides or {})
     cfg = Config.from_yaml(params) if params is not None else Config()
-    if params is None and "model.weights" not in overrides and not BUNDLED_WEIGHTS.is_file():
+    if (cfg.model.weights.lower() == "bundled" and "model.weights" not in overrides
+            and not BUNDLED_WEIGHTS.is_file()):
         overrides["model.weights"] = "none"
-        notes.append("no bundled model is shipped: using untrained weights (model.weights=none)")
+        notes.append(f"no bundled model is shipped yet: untrained {cfg.model.backbone} weights "
+                     "(model.weights=none; the timings hold for the same architecture)")
     if device is not None:
         overrides["model.device"] = device
     if instances is not None:
