@@ -267,7 +267,7 @@ def _with_masks(sample: AmodalSample, color, depth, visible, amodal, intrinsics)
     """A sample holding the transformed arrays, with targets recomputed from the masks; instances with
     fewer than :data:`MIN_VISIBLE_PIXELS` visible pixels left are dropped."""
     amodal = amodal | visible
-    areas = visible.reshape(visible.shape[0], -1).sum(axis=1).astype(np.float32)
+    areas = visible.sum(axis=(1, 2)).astype(np.float32)
     keep = areas >= MIN_VISIBLE_PIXELS
     t = sample.targets
     new = {}
@@ -276,7 +276,7 @@ def _with_masks(sample: AmodalSample, color, depth, visible, amodal, intrinsics)
             new[k] = v[keep]
     visible, amodal = visible[keep], amodal[keep]
     areas = areas[keep]
-    amodal_areas = amodal.reshape(amodal.shape[0], -1).sum(axis=1).astype(np.float32)
+    amodal_areas = amodal.sum(axis=(1, 2)).astype(np.float32)
     new.update(
         masks=visible,
         amodal_masks=amodal,

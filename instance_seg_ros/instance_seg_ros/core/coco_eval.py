@@ -146,8 +146,8 @@ class AmodalCocoEvaluator:
         self._image(image_id, tuple(vis.shape[1:]))
         lab = self._labels(labels, g, f"ground truth of image {image_id}")
         crowd = np.zeros(g, np.int64) if iscrowd is None else _numpy(iscrowd, "iscrowd").astype(np.int64).reshape(-1)
-        area = vis.reshape(g, -1).sum(1).astype(np.float64)
-        amodal_area = amo.reshape(g, -1).sum(1).astype(np.float64)
+        area = vis.sum(axis=(1, 2)).astype(np.float64)
+        amodal_area = amo.sum(axis=(1, 2)).astype(np.float64)
         if occlusion is None:
             occ = np.where(amodal_area > 0, 1.0 - area / np.maximum(amodal_area, 1.0), 0.0)
         else:
@@ -178,8 +178,8 @@ class AmodalCocoEvaluator:
             raise EvalError(f"predictions of image {image_id}: {sc.shape[0]} scores for {n} masks.")
         lab = self._labels(labels, n, f"predictions of image {image_id}")
         if occlusion is None:
-            a = vis.reshape(n, -1).sum(1)
-            aa = amo.reshape(n, -1).sum(1)
+            a = vis.sum(axis=(1, 2))
+            aa = amo.sum(axis=(1, 2))
             occ = np.where(aa > 0, 1.0 - a / np.maximum(aa, 1), 0.0)
         else:
             occ = _numpy(occlusion, "occlusion").astype(np.float64).reshape(-1)

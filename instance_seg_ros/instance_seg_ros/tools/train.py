@@ -167,7 +167,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--threads", type=int, help="torch CPU threads, 0 = torch's default")
     g.add_argument("--checkpoint-every", type=int, help=f"iterations (default {d['checkpoint_every']})")
     g.add_argument("--eval-every", type=int, help=f"iterations, 0 = only at the end (default {d['eval_every']})")
-    g.add_argument("--eval-max-images", type=int, help="evaluate on at most this many images, 0 = all")
+    g.add_argument("--eval-max-images", type=int,
+                   help="intermediate evaluations use at most this many images, 0 = all (the final one uses all)")
     g.add_argument("--eval-score-threshold", type=float, help="detections kept for AP (default 0.05)")
     g.add_argument("--best-metric", help=f"metric that picks checkpoint_best.pt (default {d['best_metric']})")
     g.add_argument("--log-every", type=int, help=f"iterations per losses.jsonl line (default {d['log_every']})")
@@ -373,7 +374,7 @@ def load_data(a: argparse.Namespace) -> dict[str, Any]:
             ds = AmodalCocoDataset(p, load_depth=rgbd, skip_crowd=True, skip_empty=True)
             cmap, classes = _class_map(ds, a.class_agnostic, classes)
             if not a.val_data and a.val_fraction > 0:
-                full = AmodalCocoDataset(p, load_depth=rgbd)
+                full = AmodalCocoDataset(p, load_depth=rgbd, skip_empty=True)
                 tr, held = full.split(a.val_fraction, seed=a.seed)
                 held_ids = set(held.image_ids)
                 ds.image_ids = [i for i in ds.image_ids if i not in held_ids]
@@ -383,7 +384,9 @@ def load_data(a: argparse.Namespace) -> dict[str, Any]:
             maps.append(cmap)
             desc_train.append(_describe(ds, len(ds)))
         for p in a.val_data or []:
-            ds = AmodalCocoDataset(p, load_depth=rgbd)
+            # skip_empty: images without any object add nothing to AP but false positives; skipping them
+            # also sidesteps AmodalCocoDataset failing on them (reshape of 0 masks)
+            ds = AmodalCocoDataset(p, load_depth=rgbd, skip_empty=True)
             cmap, _ = _class_map(ds, a.class_agnostic, classes)
             val.append((ds, cmap))
             desc_val.append(_describe(ds, len(ds)))
@@ -523,7 +526,8 @@ def evaluate(
                 break
             sub = ds.subset(range(n)) if n < len(ds) else ds
             loader = DataLoader(sub, batch_size=None, shuffle=False, num_workers=workers, collate_fn=_identity,
-                                worker_init_fn=_worker_init if workers else None)
+                                worker_init_fn=_worker_init if workers else None,
+                                generator=torch.Generator().manual_seed(0))  # keeps the global RNG as it was
             bar = _tqdm(total=n, desc="eval", disable=not progress, leave=False)
             for s in loader:
                 uid += 1
@@ -798,18 +802,21 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
 
     model_without_ddp = model
     if world > 1:
+        # every head takes part in every loss (empty-target losses are `logits.sum() * 0`): no unused parameters
         model = torch.nn.parallel.DistributedDataParallel(
-            model, device_ids=[device.index] if device.type == "cuda" else None, find_unused_parameters=True)
+            model, device_ids=[device.index] if device.type == "cuda" else None, find_unused_parameters=False)
 
     sampler = InfiniteSampler(len(train_set), seed=a.seed, start=start_iter * a.batch_size, rank=rank,
                               world_size=world)
     loader = DataLoader(train_set, batch_size=a.batch_size, sampler=sampler, num_workers=a.workers,
                         collate_fn=_collate, pin_memory=device.type == "cuda", worker_init_fn=_worker_init,
-                        persistent_workers=a.workers > 0, prefetch_factor=4 if a.workers > 0 else None)
+                        persistent_workers=a.workers > 0, prefetch_factor=4 if a.workers > 0 else None,
+                        generator=torch.Generator().manual_seed(a.seed))  # leaves the global RNG alone (resume)
 
     hardware = _hardware(device, world)
     desc = data["description"]
     n_train = sum(d["images"] for d in desc["train"])
+    n_val = sum(len(d) for d, _ in data["val"])
     training_data = "; ".join(
         f"{d['path']} ({d['images']} images" + (f", seed {d['seed']}" if "seed" in d else "") + ")"
         for d in desc["train"])
@@ -838,10 +845,10 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     do_eval = bool(data["val"])
     last_metrics: dict[str, Any] = dict((ckpt_extra or {}).get("last_metrics") or {})
 
-    def run_eval(iteration: int) -> dict[str, Any]:
+    def run_eval(iteration: int, final: bool = False) -> dict[str, Any]:
         nonlocal last_metrics
         m = evaluate(model_without_ddp, make_meta({}, iteration), data["val"], device=device,
-                     score_threshold=a.eval_score_threshold, max_images=a.eval_max_images,
+                     score_threshold=a.eval_score_threshold, max_images=0 if final else a.eval_max_images,
                      class_agnostic=a.class_agnostic, workers=min(a.workers, 2), progress=not a.quiet)
         last_metrics = {"iteration": iteration, **m}
         _append_jsonl(out / "metrics.jsonl", last_metrics)
@@ -861,7 +868,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
             save(out / "checkpoint_best.pt", iteration, m)
 
     log(f"isr train: {a.backbone} ({a.input_mode}, {len(classes) - 1} class(es)) at {a.min_size}x{a.max_size}, "
-        f"{n_train} training images, {sum(len(d) for d, _ in data['val'])} held-out, iterations "
+        f"{n_train} training images, {n_val} held-out, iterations "
         f"{start_iter}..{a.iters}, batch {a.batch_size} x {world}, lr {a.lr:g}, on {hardware}")
 
     smooth = Smoother(window=max(a.log_every, 20))
@@ -943,8 +950,8 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
                               "train_seconds": train_seconds, "best": best, "export": None}
     if main_proc:
         m = last_metrics
-        if do_eval and (last_metrics.get("iteration") != it):
-            m = run_eval(it)
+        if do_eval and (last_metrics.get("iteration") != it or last_metrics.get("num_images", 0) < n_val):
+            m = run_eval(it, final=True)
             maybe_best(it, m)
         elif do_eval:
             m = {k: v for k, v in last_metrics.items() if k != "iteration"}
