@@ -450,17 +450,21 @@ def test_eval_metrics_curves_and_export(runs):
     assert meta.training["iterations"] == 10
 
 
-def test_torchrun_two_cpu_processes(rects, tmp_path):
-    """DistributedDataParallel on two CPU processes (gloo): rank 0 alone writes and evaluates (mid-run too)."""
+def test_torchrun_two_cpu_processes(rects, runs, tmp_path):
+    """DistributedDataParallel on two CPU processes (gloo): rank 0 alone writes and evaluates (mid-run too);
+    --init copies a checkpoint's weights; --amp without CUDA falls back to fp32 with a note."""
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     out = tmp_path / "ddp"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
            "-m", "instance_seg_ros.tools.train", "--data", str(rects), "--val-data", str(rects), *COMMON,
-           "--iters", "2", "--eval-every", "1", "--eval-max-images", "2", "--device", "cpu", "--out", str(out)]
+           "--iters", "2", "--eval-every", "1", "--eval-max-images", "2", "--device", "cpu", "--out", str(out),
+           "--init", str(runs["u"] / "checkpoint_last.pt"), "--amp"]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "tensors copied" in proc.stdout and "--amp needs CUDA" in proc.stderr
     _, meta, extra = load_checkpoint(out / "checkpoint_last.pt")
     assert extra["iteration"] == 2 and meta.training["processes"] == 2
+    assert meta.training["init"].endswith("checkpoint_last.pt") and meta.training["amp"] is False
     assert not any(k.startswith("module.") for k in load_checkpoint(out / "checkpoint_last.pt")[0])
     rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
     assert [(r["iteration"], r["num_images"]) for r in rows] == [(1, 2), (2, 6)]  # the final evaluation uses all
