@@ -682,6 +682,13 @@ def _hardware(device: Any, world: int) -> str:
         name = torch.cuda.get_device_name(device)
         return f"{world} x {name}" if world > 1 else name
     cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
     return f"CPU {cpu}, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads" + (
         f", {world} processes" if world > 1 else "")
 
@@ -940,6 +947,12 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
                     torch.distributed.barrier()
             if main_proc and (it % a.checkpoint_every == 0) and it < a.iters:
                 save(out / "checkpoint_last.pt", it, last_metrics)
+    except KeyboardInterrupt:
+        if main_proc and it > start_iter:  # Ctrl-C keeps the work done: --resume continues from here
+            bar.close()
+            save(out / "checkpoint_last.pt", it, last_metrics)
+            log(f"isr train: interrupted at iteration {it}; saved {out / 'checkpoint_last.pt'}.", file=sys.stderr)
+        raise
     finally:
         bar.close()
     del t_last
