@@ -185,3 +185,14 @@ def test_bad_files_raise_dataset_errors(tmp_path):
     (tmp_path / "z.json").write_text(json.dumps({"images": [{"id": 1, "file_name": "missing.png"}], "annotations": []}))
     with pytest.raises(DatasetError, match="Cannot read the image"):
         AmodalCocoDataset(tmp_path / "z.json")[0]
+
+
+def test_image_without_instances_gives_empty_targets(tmp_path):
+    cv2.imwrite(str(tmp_path / "empty.png"), np.zeros((6, 8, 3), np.uint8))
+    (tmp_path / "annotations.json").write_text(json.dumps({
+        "images": [{"id": 1, "file_name": "empty.png", "width": 8, "height": 6}],
+        "annotations": [], "categories": [{"id": 1, "name": "object"}],
+    }))
+    ds = AmodalCocoDataset(tmp_path, skip_empty=False)
+    t = ds[0].targets
+    assert t["masks"].shape == (0, 6, 8) and t["areas"].shape == (0,) and t["occlusion"].shape == (0,)

@@ -334,8 +334,8 @@ class AmodalCocoDataset:
         n = len(vis_l)
         masks = np.stack(vis_l) if n else np.zeros((0, h, w), np.uint8)
         amodal_masks = np.stack(amo_l) if n else np.zeros((0, h, w), np.uint8)
-        areas = masks.reshape(n, -1).sum(axis=1).astype(np.float32)
-        amodal_areas = amodal_masks.reshape(n, -1).sum(axis=1).astype(np.float32)
+        areas = masks.sum(axis=(1, 2)).astype(np.float32)
+        amodal_areas = amodal_masks.sum(axis=(1, 2)).astype(np.float32)
         with np.errstate(invalid="ignore", divide="ignore"):
             occlusion = np.where(amodal_areas > 0, 1.0 - areas / np.maximum(amodal_areas, 1), 0.0).astype(np.float32)
         return {
