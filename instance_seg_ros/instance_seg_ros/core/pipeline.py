@@ -3,10 +3,16 @@
 ``Segmenter(config).process(color, depth, K) -> FrameResult``. The node, the rosbag evaluator, the demo
 and the benchmark all go through it, so they measure and report the same thing.
 
-Stages (each timed, in ms): ``preprocess`` (numpy -> device tensors), ``inference`` (the network),
-``postprocess`` (thresholding, amodal ⊇ visible, boxes, crops, label image), ``lift`` (all instances'
-point clouds in one vectorized pass), ``cloud_filter`` (optional voxel / outlier filtering) and
-``geometry`` (centroids, oriented boxes). Masks stay on the model's device until the final small arrays.
+Stages (each timed, in ms): ``preprocess`` (numpy -> the normalized, resized network input on the device),
+``inference`` (the network), ``postprocess`` (mask pasting, thresholding, amodal ⊇ visible, boxes, crops,
+occlusion, label image), ``lift`` (all instances' point clouds in one vectorized pass), ``cloud_filter``
+(optional voxel / outlier filtering) and ``geometry`` (centroids, oriented boxes).
+
+Fast paths (``Segmenter(reference=True)`` runs the plain ones, for checks): the network at the camera's (or
+the configured) resolution under ``inference_mode``, channels-last and fp16/bf16 autocast on CUDA; masks stay
+on the model's device until the final small arrays (batched paste there, a few reductions, one packed copy of
+all crops, lifting on the device from pinned, asynchronous uploads); on the CPU the mask statistics run in
+numpy over the masks' boxes (:func:`summarize_masks`). ``docs/benchmarks.md`` has the figures.
 """
 
 from __future__ import annotations
