@@ -261,6 +261,15 @@ def test_corrupt_color_messages_are_rejected_and_the_rest_evaluated(bags, segmen
     assert "bytes" in r["frames"]["rejected_examples"][R_COLOR] or "decod" in r["frames"]["rejected_examples"][R_COLOR]
 
 
+def test_a_frame_without_depth_is_rejected_as_unmatched(bags, segmenter, tmp_path):
+    bag = rewrite(bags["mcap", True, "32FC1"], tmp_path / "bag",
+                  edit=lambda topic, i, msg: None if topic == DEPTH_TOPIC and i == 1 else msg)
+    r = evaluate(bag, segmenter=segmenter)
+    fr = r["frames"]
+    assert fr["evaluated"] == N - 1 and fr["rejected_by_reason"] == {"no depth message within sync.slop": 1}
+    assert fr["notes"] == {"unused camera_info messages": 1}
+
+
 # ---------------------------------------------------------------------------------------- errors and CLI
 def test_missing_depth_topic_names_it_and_lists_the_bag(bags, tmp_path, capsys):
     bag = rewrite(bags["mcap", False, "16UC1"], tmp_path / "bag", drop=(DEPTH_TOPIC,))

@@ -207,13 +207,14 @@ def _pr_plot(report: dict[str, Any], kind: str, path: Path) -> None:
 def _latency_plot(report: dict[str, Any], path: Path) -> None:
     fig, ax = _figure()
     keys = ("end_to_end", "inference") if report["mode"] == "pipeline" else ("recorded",)
-    plotted = False
-    for k in keys:
-        v = [f["latency_ms"][k] for f in report["per_frame"] if k in f.get("latency_ms", {})]
-        if v:
-            ax.hist(v, bins=min(30, max(5, len(v) // 2)), alpha=0.6, label=f"{k} (p50 {np.median(v):.1f} ms)")
-            plotted = True
-    if plotted:
+    series = {k: [f["latency_ms"][k] for f in report["per_frame"] if k in f.get("latency_ms", {})] for k in keys}
+    series = {k: v for k, v in series.items() if v}
+    if series:
+        n = max(len(v) for v in series.values())
+        bins = np.histogram_bin_edges(np.concatenate([np.asarray(v) for v in series.values()]),
+                                      bins=min(30, max(5, n // 2)))
+        for k, v in series.items():
+            ax.hist(v, bins=bins, alpha=0.6, label=f"{k} (p50 {np.median(v):.1f} ms)")
         ax.legend()
     else:
         _no_data(ax, "no evaluated frames")
@@ -234,6 +235,7 @@ def _occlusion_plot(report: dict[str, Any], path: Path) -> None:
         for xi, mi, n in zip(x, mae, counts, strict=True):
             if n:
                 ax.text(xi, (mi if np.isfinite(mi) else 0) + 0.005, f"n={n}", ha="center", va="bottom", fontsize=7)
+        ax.set_ylim(0, max(float(np.nanmax(mae)), 0.01) * 1.15)
     else:
         _no_data(ax, "no matched instances")
     ax.set_xlim(0, 1)
