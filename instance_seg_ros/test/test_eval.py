@@ -162,6 +162,20 @@ def test_one_removed_instance_lowers_recall_by_one_object(bags, tmp_path):
     assert all(f["matched"] == f["gt"] for f in r["per_frame"][1:])
 
 
+def test_predictions_pair_with_the_nearest_ground_truth_within_slop(bags, tmp_path):
+    src = bags["sqlite3", True, "16UC1"]
+
+    def late(i: int, m: Any) -> Any:  # 0.6 ms after the ground truth (slop 1 ms); the last one 5 ms (too late)
+        dt = 5_000_000 if i == N - 1 else 600_000
+        return dataclasses.replace(m, header=bagio.header(bagio.stamp_ns(m) + dt, m.header.frame_id))
+
+    r = evaluate(with_predictions(src, tmp_path / "bag", late), predictions_topic=PRED, config=_config())
+    fr = r["frames"]
+    assert fr["evaluated"] == N - 1 and r["coco"]["mask_ap"] == 1.0
+    assert list(fr["rejected_by_reason"].values()) == [1] and "ground truth" in next(iter(fr["rejected_by_reason"]))
+    assert fr["notes"] == {"ground truth without a frame": 1}
+
+
 def test_gt_json_keyed_by_stamp_matches_the_topic(bags, tmp_path, segmenter):
     src = bags["sqlite3", False, "32FC1"]
     gts = ground_truth(src)

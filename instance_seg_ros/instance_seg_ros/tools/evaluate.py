@@ -333,10 +333,9 @@ def _box_and_crop(m: np.ndarray) -> tuple[tuple[int, int, int, int], np.ndarray]
 class _Run:
     """Bookkeeping of one evaluation: frames, rejections, pending results and ground truth, timings."""
 
-    def __init__(self, scorer: Any, slop_ns: int, log: Callable[[str], None]) -> None:
+    def __init__(self, scorer: Any, slop_ns: int) -> None:
         self.scorer = scorer
         self.slop_ns = slop_ns
-        self.log = log
         self.messages = 0
         self.rejected: Counter[str] = Counter()
         self.examples: dict[str, str] = {}
@@ -392,13 +391,13 @@ class _Run:
         for stamp in sorted(self.pending_pred):
             pred, lat = self.pending_pred.pop(stamp)
             k = bisect.bisect_left(stamps, stamp)
-            cands = [stamps[c] for c in (k - 1, k) if 0 <= c < len(stamps) and stamps[c] in self.pending_gt
-                     and abs(stamps[c] - stamp) <= self.slop_ns]
+            cands = [stamps[c] for c in (k - 1, k) if 0 <= c < len(stamps) and abs(stamps[c] - stamp) <= self.slop_ns]
             if not cands:
                 self.reject(R_NO_GT, f"frame {_fmt_stamp(stamp)} has no ground truth within "
                                      f"{self.slop_ns / 1e9:g} s (sync.slop)")
                 continue
             best = min(cands, key=lambda s: abs(s - stamp))
+            stamps.remove(best)
             self.score(stamp, pred, self.pending_gt.pop(best), lat)
         if self.pending_gt:
             self.notes["ground truth without a frame"] += len(self.pending_gt)
@@ -499,7 +498,7 @@ def evaluate(
             inputs.update(image=image_topic, image_format="compressed" if image_type == COMPRESSED else "raw",
                           depth=depth_topic, camera_info=info_topic)
 
-        state = _Run(scorer, slop_ns, log)
+        state = _Run(scorer, slop_ns)
         model: dict[str, Any] | None = None
         t_start = time.perf_counter()
         if mode == "predictions":
