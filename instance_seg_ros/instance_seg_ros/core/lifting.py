@@ -467,7 +467,13 @@ def mask_bboxes(masks: np.ndarray | torch.Tensor) -> np.ndarray:
         m = _masks_np(masks)
         rows = m.any(axis=2)
         cols = m.any(axis=1)
-    n, h, w = m.shape
+    return boxes_from_occupancy(rows, cols)
+
+
+def boxes_from_occupancy(rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+    """[N, 4] int64 ``(x, y, w, h)`` from per-mask row / column occupancy (bool [N, H], [N, W]); zeros when empty."""
+    n, h = rows.shape
+    w = cols.shape[1]
     y0 = rows.argmax(axis=1)
     y1 = h - rows[:, ::-1].argmax(axis=1)
     x0 = cols.argmax(axis=1)

@@ -28,7 +28,7 @@ import torch
 from .config import Config
 from .geometry import centroid, oriented_box
 from .images import FrameError, check_frame
-from .lifting import filter_cloud, label_image, lift_instances, mask_bboxes
+from .lifting import boxes_from_occupancy, filter_cloud, label_image, lift_instances, mask_bboxes
 from .types import FrameResult, InstanceResult, Intrinsics
 
 __all__ = ["SUMMARY_PATHS", "FrameError", "MaskSummary", "Segmenter", "summarize_masks"]
@@ -159,19 +159,6 @@ def _summarize_host(masks, amodal, scores, labels) -> MaskSummary:
     )
 
 
-def _boxes_from_any(rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
-    """[N, 4] int64 (x, y, w, h) from per-mask row / column occupancy ([N, H], [N, W] bool); zeros when empty."""
-    n, h = rows.shape
-    w = cols.shape[1]
-    y0 = rows.argmax(axis=1)
-    y1 = h - rows[:, ::-1].argmax(axis=1)
-    x0 = cols.argmax(axis=1)
-    x1 = w - cols[:, ::-1].argmax(axis=1)
-    box = np.stack([x0, y0, x1 - x0, y1 - y0], axis=1).astype(np.int64)
-    box *= rows.any(axis=1, keepdims=True)
-    return box.reshape(n, 4)
-
-
 def _summarize_device(masks: torch.Tensor, amodal: torch.Tensor, scores, labels) -> MaskSummary:
     n, h, w = masks.shape
     # one small device -> host copy of the per-mask occupancy: [N, H + W] for each stack
@@ -180,8 +167,8 @@ def _summarize_device(masks: torch.Tensor, amodal: torch.Tensor, scores, labels)
     occ = torch.cat([occ_v, occ_a], dim=1).cpu().numpy()
     sc = scores.float().cpu().numpy()
     lb = labels.cpu().numpy().astype(np.int64, copy=False)
-    boxes = _boxes_from_any(occ[:, :h], occ[:, h : h + w])
-    aboxes = _boxes_from_any(occ[:, h + w : 2 * h + w], occ[:, 2 * h + w :])
+    boxes = boxes_from_occupancy(occ[:, :h], occ[:, h : h + w])
+    aboxes = boxes_from_occupancy(occ[:, h + w : 2 * h + w], occ[:, 2 * h + w :])
     keep = np.flatnonzero(boxes[:, 2] > 0)
     if keep.size < n:
         idx = torch.from_numpy(keep).to(masks.device)
@@ -283,6 +270,7 @@ class Segmenter:
 
         if m.warmup:
             self.predictor.warmup()
+            oriented_box(np.random.default_rng(0).random((64, 3)))  # first call pays ~0.6 s of numpy set-up
         self._log(
             f"model loaded: weights={m.weights} backbone={meta.backbone} input={meta.input_mode} "
             f"classes={len(meta.classes) - 1} device={self.predictor.device} precision={m.precision}"
