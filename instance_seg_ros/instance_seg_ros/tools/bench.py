@@ -46,6 +46,8 @@ from typing import Any
 
 import numpy as np
 
+from .machine import cpu_model_name
+
 __all__ = [
     "OUTSIDE_NETWORK",
     "STAGES",
@@ -426,14 +428,7 @@ def node_bench(
 def _machine() -> dict[str, Any]:
     import torch
 
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    cpu = cpu_model_name()
     info: dict[str, Any] = {
         "cpu": cpu,
         "cores": os.cpu_count(),

@@ -36,7 +36,6 @@ import datetime as _dt
 import json
 import math
 import os
-import platform
 import random
 import sys
 import time
@@ -44,6 +43,8 @@ from collections import deque
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
+
+from .machine import cpu_model_name
 
 __all__ = [
     "DEFAULTS",
@@ -681,14 +682,7 @@ def _hardware(device: Any, world: int) -> str:
     if getattr(device, "type", str(device)) == "cuda":
         name = torch.cuda.get_device_name(device)
         return f"{world} x {name}" if world > 1 else name
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    cpu = cpu_model_name()
     return f"CPU {cpu}, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads" + (
         f", {world} processes" if world > 1 else "")
 
