@@ -31,9 +31,27 @@ from .images import FrameError, check_frame
 from .lifting import boxes_from_occupancy, filter_cloud, label_image, lift_instances, mask_bboxes
 from .types import FrameResult, InstanceResult, Intrinsics
 
-__all__ = ["SUMMARY_PATHS", "FrameError", "MaskSummary", "Segmenter", "summarize_masks"]
+__all__ = ["SUMMARY_PATHS", "FrameError", "FrameSkipped", "MaskSummary", "Segmenter", "summarize_masks"]
 
 _log = logging.getLogger(__name__)
+
+
+class FrameSkipped(RuntimeError):
+    """The frame could not be processed for a reason outside the input (e.g. the accelerator ran out of memory
+    even after a retry at a reduced size); the next frame may well succeed.
+
+    Attributes:
+        reason (str): a diagnostics key, ``out_of_memory``.
+    """
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+def _free_accelerator_cache() -> None:
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        torch.cuda.empty_cache()
 
 
 def _host(x: np.ndarray | torch.Tensor) -> np.ndarray:
@@ -240,6 +258,8 @@ class Segmenter:
         self.reference = bool(reference)
         self.predictor = None
         self.meta = None
+        self.oom_retries = 0  # frames retried at a reduced size after running out of accelerator memory
+        self.oom_skipped = 0  # frames given up after the retry ran out of memory too
 
     @property
     def loaded(self) -> bool:
@@ -293,8 +313,16 @@ class Segmenter:
         self.predictor = None
 
     # ------------------------------------------------------------------ per frame
+    #: on an out-of-memory error the frame is retried once with the network input sides scaled by this
+    OOM_RETRY_SCALE = 0.5
+
     def process(self, color: np.ndarray, depth: np.ndarray, K: Intrinsics) -> FrameResult:
         """Segment one frame.
+
+        Out of accelerator memory (``torch.cuda.OutOfMemoryError``): the CUDA cache is emptied and the frame is
+        retried once with the network input at :attr:`OOM_RETRY_SCALE` of its size (results are still in the
+        frame's pixels); if that fails too, the cache is emptied again and :class:`FrameSkipped` is raised.
+        ``oom_retries`` / ``oom_skipped`` count these events.
 
         Args:
             color (np.ndarray[H, W, 3] uint8): RGB image.
@@ -305,11 +333,40 @@ class Segmenter:
             FrameResult with instances sorted by descending score and per-stage timings (ms).
 
         Raises:
-            FrameError: the frame is malformed (sizes, intrinsics). RuntimeError: :meth:`load` was not called.
+            FrameError: the frame is malformed (sizes, intrinsics). FrameSkipped: out of memory twice.
+            RuntimeError: :meth:`load` was not called.
         """
         if self.predictor is None:
             raise RuntimeError("Segmenter.process() called before load().")
         check_frame(color, depth, K)
+        try:
+            return self._process(color, depth, K)
+        except torch.cuda.OutOfMemoryError as first:
+            _free_accelerator_cache()
+            self.oom_retries += 1
+            pred = self.predictor
+            h, w = depth.shape
+            min_s, max_s = pred.input_size(h, w)
+            small = (max(32, int(min_s * self.OOM_RETRY_SCALE)), max(32, int(max_s * self.OOM_RETRY_SCALE)))
+            self._log(f"out of accelerator memory on a {w}x{h} frame ({' '.join(str(first).split())[:200]}); "
+                      f"cache emptied, retrying once with the network input at {small[1]}x{small[0]}")
+            saved = (pred.min_size, pred.max_size)
+            pred.min_size, pred.max_size = small
+            try:
+                return self._process(color, depth, K)
+            except torch.cuda.OutOfMemoryError as second:
+                _free_accelerator_cache()
+                self.oom_skipped += 1
+                raise FrameSkipped(
+                    "out_of_memory",
+                    f"out of accelerator memory twice (also at the reduced network input {small[1]}x{small[0]}): "
+                    f"{' '.join(str(second).split())[:200]}. Lower model.max_size / model.max_instances, or free GPU "
+                    "memory used by other processes.",
+                ) from second
+            finally:
+                pred.min_size, pred.max_size = saved
+
+    def _process(self, color: np.ndarray, depth: np.ndarray, K: Intrinsics) -> FrameResult:
         cfg = self.config
         h, w = depth.shape
         det = self.predictor.predict(color, depth)

@@ -443,8 +443,10 @@ class InstanceSegNode(LifecycleNode):
                     if other == "camera_info" else
                     "depth must be registered to color and stamped like it (e.g. aligned_depth_to_color)")
             slop = self._config.sync.slop
+            topic = self._inputs[other].topic if other in self._inputs else other
             self._reject(f"missing_{other}",
-                         f"the image stamped {stamp_ns / 1e9:.3f} s found no {other} message within sync.slop = "
+                         f"the image stamped {stamp_ns / 1e9:.3f} s found no {other} message on '{topic}' within "
+                         f"sync.slop = "
                          f"{slop:g} s before a newer frame was complete or it aged out (sync.max_age = "
                          f"{self._config.sync.max_age:g} s); {hint}.")
 
@@ -484,6 +486,8 @@ class InstanceSegNode(LifecycleNode):
                 self.get_logger().debug(traceback.format_exc())
 
     def _process(self, m: Matched, t_match: float) -> None:
+        from ..core.pipeline import FrameSkipped  # imported (with torch) by on_configure already
+
         seg, cfg, s = self._seg, self._config, self._settings
         if seg is None:
             return
@@ -520,6 +524,10 @@ class InstanceSegNode(LifecycleNode):
             result = seg.process(color, depth, K)
         except FrameError as exc:
             return self._reject("frame_mismatch", f"{exc}")
+        except FrameSkipped as exc:  # out of accelerator memory even at a reduced size: skip it, keep running
+            self._stats.inc(f"skipped.{exc.reason}")
+            self._stats.error(f"{exc.reason}: {exc}")
+            return self._warn(exc.reason, f"Frame stamped {m.stamp_ns / 1e9:.3f} s skipped ({exc.reason}): {exc}")
         result.timings["decode"] = decode_ms
         self._stats.inc("frames_processed")
         self._publish(result, color, color_msg.header)
@@ -627,6 +635,8 @@ class InstanceSegNode(LifecycleNode):
             **dict(sorted(st.counts("unmatched.").items())),
             **dict(sorted(st.counts("received.").items())),
             "pipeline_errors": st.count("pipeline_errors"),
+            "oom_retries": int(getattr(self._seg, "oom_retries", 0)),
+            **dict(sorted(st.counts("skipped.").items())),
             "callback_errors": st.count("callback_errors"),
             "qos_incompatible": st.count("qos_incompatible"),
             **dict(sorted(st.counts("messages_lost.").items())),
