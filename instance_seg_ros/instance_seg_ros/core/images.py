@@ -169,6 +169,25 @@ def decode_color(
     return img[:, :, 2::-1]  # bgr(a): channel-reversed view
 
 
+def _compressed_size(buf: np.ndarray) -> tuple[int, int] | None:
+    """``(width, height)`` declared by a JPEG / PNG header (Pillow reads the header only), None if unreadable.
+
+    Raises:
+        FrameError: the header declares more pixels than Pillow's decompression-bomb limit.
+    """
+    import io
+
+    from PIL import Image as PILImage
+
+    try:
+        with PILImage.open(io.BytesIO(buf.tobytes())) as im:
+            return int(im.size[0]), int(im.size[1])
+    except PILImage.DecompressionBombError as exc:
+        raise FrameError(f"compressed image refused before decoding: {exc}") from exc
+    except Exception:  # not a format Pillow knows: OpenCV decides
+        return None
+
+
 def decode_compressed(fmt: str, data: Any, *, max_width: int = 65535, max_height: int = 65535) -> np.ndarray:
     """Decode a sensor_msgs/CompressedImage (JPEG or PNG) to RGB with OpenCV.
 
@@ -196,6 +215,10 @@ def decode_compressed(fmt: str, data: Any, *, max_width: int = 65535, max_height
     buf = _buffer(data, "compressed image")
     if buf.size == 0:
         raise FrameError(f"compressed image data is empty (format {fmt!r}); expected JPEG or PNG bytes.")
+    size = _compressed_size(buf)  # from the header, before decoding: a few kB can declare gigabytes of pixels
+    if size is not None and (size[0] > max_width or size[1] > max_height):
+        raise FrameError(f"compressed image size {size[0]}x{size[1]} (from its header) exceeds the limit "
+                         f"{max_width}x{max_height}; it was not decoded.")
     try:
         bgr = cv2.imdecode(buf, cv2.IMREAD_COLOR)
     except cv2.error as exc:
