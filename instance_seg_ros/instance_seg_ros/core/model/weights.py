@@ -300,15 +300,16 @@ def load_checkpoint(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], M
     Raises:
         WeightsError: the path is not a regular file, or the file is not one of our checkpoints.
     """
-    p = Path(path).expanduser()
-    if not p.exists():
-        raise WeightsError(f"Weights file {p} does not exist; pass the path of a .pt file written by `isr train`.")
+    given = Path(path).expanduser()
+    if not given.exists():
+        raise WeightsError(f"Weights file {given} does not exist; pass the path of a .pt file written by `isr train`.")
     try:
-        p = p.resolve(strict=True)
+        p = given.resolve(strict=True)
     except (OSError, RuntimeError) as exc:
         raise WeightsError(f"Cannot resolve weights path {path}: {exc}") from exc
     if not p.is_file():
-        raise WeightsError(f"Weights path {p} is not a regular file (a directory?); pass the .pt file itself.")
+        shown = str(given) if p == given else f"{given} (-> {p})"
+        raise WeightsError(f"Weights path {shown} is not a regular file (a directory?); pass the .pt file itself.")
     try:
         obj = torch.load(p, map_location="cpu", weights_only=True)
     except Exception as exc:  # UnpicklingError, RuntimeError (zip), EOFError ...: all mean "not ours"
