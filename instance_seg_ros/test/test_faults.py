@@ -325,6 +325,8 @@ def test_cuda_oom_in_the_node_skips_the_frame_and_keeps_running(ros):
         assert "out_of_memory" in node.stats.last_error
         assert h.wait_diag(lambda d: int(d.get("skipped.out_of_memory", 0)) >= 1 and int(d["oom_retries"]) >= 1,
                            10.0)
+        assert any(d["_level"] == 1 and "skipped (out of memory)" in d["_message"] for d in h.out.diagnostics), \
+            [d["_message"] for d in h.out.diagnostics]
         assert f.stamp_ns not in h.out.instances
         assert node.stats.count("pipeline_errors") == 0
         node._seg.predictor = _OomPredictor(real, fail=1)  # the next one recovers at the reduced size

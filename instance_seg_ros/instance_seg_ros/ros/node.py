@@ -613,7 +613,8 @@ class InstanceSegNode(LifecycleNode):
         deltas = {}
         for key, value in (("rejected", n_rejected), ("pipeline_errors", st.count("pipeline_errors")),
                            ("callback_errors", st.count("callback_errors")),
-                           ("qos_incompatible", st.count("qos_incompatible"))):
+                           ("qos_incompatible", st.count("qos_incompatible")),
+                           ("skipped", sum(st.counts("skipped.").values()))):
             deltas[key] = value - self._diag_last.get(key, 0)
             self._diag_last[key] = value
         sync = self._sync
@@ -655,8 +656,10 @@ class InstanceSegNode(LifecycleNode):
             level, message = DiagnosticStatus.ERROR, f"{n} error(s): {st.last_error}"
         elif self._state != "active":
             level, message = DiagnosticStatus.WARN, f"{self._state} (not processing)"
-        elif deltas["rejected"] > 0 or problems or deltas["qos_incompatible"] > 0:
+        elif deltas["rejected"] > 0 or problems or deltas["qos_incompatible"] > 0 or deltas["skipped"] > 0:
             parts = [f"{deltas['rejected']} frame(s) rejected"] if deltas["rejected"] else []
+            if deltas["skipped"]:
+                parts.append(f"{deltas['skipped']} frame(s) skipped (out of memory)")
             parts += problems
             if deltas["qos_incompatible"]:
                 parts.append("incompatible QoS")
