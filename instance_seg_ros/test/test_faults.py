@@ -403,3 +403,18 @@ def test_no_code_from_parameters_or_files_is_ever_run():
     assert all("tools/cli.py" in w for w in dynamic_imports), dynamic_imports
     cli = (PKG_DIR / "instance_seg_ros" / "tools" / "cli.py").read_text()
     assert "module, _ = SUBCOMMANDS[name]" in cli, "the dispatcher imports only modules of its fixed table"
+
+
+def test_soak_rss_verdict():
+    from instance_seg_ros.tools.soak import proc_sample, rss_verdict
+
+    assert rss_verdict([900, 1000, 1030, 1049], 2, 5.0)[:2] == (True, pytest.approx(4.9))
+    ok, growth, baseline = rss_verdict([900, 1000, 1030, 1051], 2, 5.0)
+    assert not ok and baseline == 1000 and growth == pytest.approx(5.1)
+    assert rss_verdict([1000], 1, 5.0) == (True, 0.0, 1000)
+    with pytest.raises(ValueError, match="run longer"):
+        rss_verdict([1000], 2, 5.0)
+    me = proc_sample(os.getpid())
+    assert me["rss_kb"] > 1000 and me["fds"] >= 3 and me["threads"] >= 1
+    with pytest.raises(ProcessLookupError):
+        proc_sample(2**22 + 12345)
