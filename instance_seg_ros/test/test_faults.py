@@ -92,141 +92,6 @@ def test_bad_model_files_end_the_node_with_one_error_line(procs, tmp_path):
     assert not (tmp_path / "PWNED").exists(), "a weights file ran code while being loaded"
 
 
-# ---------------------------------------------------------------------------------------- one node for the rest
-@pytest.fixture(scope="module")
-def node():
-    """``(harness, process, group)``: the node with reliable inputs, so 320x240 frames cross processes."""
-    group = ProcessGroup()
-    ctx = RosTestContext("isr_faults_test")
-    try:
-        proc = group.start(node_command("-p", "qos.input_reliability:=reliable", "-p", "sync.max_age:=0.5",
-                                        "-p", "diagnostics.warn_throttle:=2.0"), log_name="isr_node_faults")
-        h = NodeHarness(ctx, markers=False, debug=False)
-        if not h.wait_connected(120.0):
-            pytest.fail(f"node did not come up; alive={proc.poll() is None}; log:\n{group.log(proc)}")
-        yield h, proc, group
-    finally:
-        ctx.shutdown()
-        group.stop_all()
-
-
-def _alive(proc, group):
-    assert proc.poll() is None, f"node died; log:\n{group.log(proc)}"
-
-
-def test_camera_info_that_never_arrives(node):
-    """Images and depth without camera_info: throttled warnings naming the topic, bounded queues and memory,
-    and the next complete frame is processed."""
-    h, proc, group = node
-    assert h.send_and_wait(h.frame(width=320, height=240), timeout=30.0) is not None
-    rss0 = _rss_kb(proc.pid)
-    before = h.diag_count("rejected.missing_camera_info")
-    log0 = len(group.log(proc).splitlines())
-    t0 = time.monotonic()
-    n = 150
-    for _ in range(n):  # ~384 kB per frame: 58 MB if the node kept them
-        h.send(h.frame(width=320, height=240), camera_info=False)
-        h.spin(0.01)
-    assert h.wait_diag(lambda d: int(d.get("rejected.missing_camera_info", 0)) - before >= n // 2, 20.0), \
-        h.out.diagnostics[-1]
-    elapsed = time.monotonic() - t0
-    backlogs = [int(d["backlog"]) for d in h.out.diagnostics[-5:]]
-    assert max(backlogs) <= 3 * 10 + 1, backlogs  # sync queues (sync.queue_size 10 each) + the slot
-    growth_mb = (_rss_kb(proc.pid) - rss0) / 1024
-    assert growth_mb < 40, f"RSS grew {growth_mb:.0f} MB while {n} frames waited for camera_info"
-    new_lines = group.log(proc).splitlines()[log0:]
-    warnings = [ln for ln in new_lines if "(missing_camera_info)" in ln]
-    assert warnings and "'/camera_info'" in warnings[0], new_lines[-5:]
-    assert len(warnings) <= elapsed / 2.0 + 2, f"{len(warnings)} warnings in {elapsed:.1f} s: not throttled"
-    assert h.send_and_wait(h.frame(width=320, height=240), timeout=30.0) is not None
-    _alive(proc, group)
-
-
-def test_burst_of_1000_frames_keeps_latency_bounded(node):
-    """1000 frames as fast as the publisher can: the processed ones come out within about one inference time
-    plus slop (the worker always takes the newest frame; nothing queues up behind it)."""
-    h, proc, group = node
-    single = []
-    for _ in range(3):
-        f = h.frame()
-        t = time.perf_counter()
-        assert h.send_and_wait(f, timeout=30.0) is not None
-        single.append(time.perf_counter() - t)
-    t_frame = float(np.median(single))
-
-    f = h.frame()
-    received: dict[int, float] = {}
-    published: dict[int, float] = {}
-    from instance_seg_ros.ros.conversions import stamp_from_ns, stamp_to_ns
-
-    sub = h.ctx.node.create_subscription(_instance_array_type(), "instances",  # records receive times
-                                         lambda m: received.setdefault(stamp_to_ns(m.header.stamp),
-                                                                       time.perf_counter()), 50)
-    stamps = [h.next_stamp(step_ms=1) for _ in range(1000)]
-
-    def publish_all():
-        for s in stamps:
-            st = stamp_from_ns(s)
-            for msg in (f.camera_info, f.depth, f.image):
-                msg.header.stamp = st
-            h.pub_info.publish(f.camera_info)
-            h.pub_depth.publish(f.depth)
-            published[s] = time.perf_counter()
-            h.pub_image.publish(f.image)
-
-    t0 = time.perf_counter()
-    th = threading.Thread(target=publish_all, daemon=True)
-    th.start()
-    h.ctx.spin_until(lambda: not th.is_alive(), 120.0)
-    publish_s = time.perf_counter() - t0
-    assert h.ctx.spin_until(lambda: stamps[-1] in received, 30.0), \
-        f"the newest frame of the burst was not processed; log:\n{group.log(proc)}"
-    h.ctx.node.destroy_subscription(sub)
-    lat = np.array([received[s] - published[s] for s in stamps if s in received])
-    assert 0 < len(lat) < 500, f"processed {len(lat)} of 1000: not skipping"
-    bound = 2.0 * t_frame + 1.5  # waiting for the frame in progress + its own inference + transport/scheduling slop
-    print(f"burst: 1000 frames in {publish_s:.2f} s, {len(lat)} processed; single frame {t_frame * 1e3:.0f} ms; "
-          f"latency p50 {np.median(lat) * 1e3:.0f} ms, p90 {np.percentile(lat, 90) * 1e3:.0f} ms, "
-          f"max {lat.max() * 1e3:.0f} ms (bound {bound * 1e3:.0f} ms)")
-    assert np.percentile(lat, 90) < bound, (np.percentile(lat, 90), bound)
-    assert lat.max() < 2 * bound, (lat.max(), bound)
-    _alive(proc, group)
-
-
-def _instance_array_type():
-    from instance_seg_msgs.msg import InstanceArray
-
-    return InstanceArray
-
-
-def test_publisher_dies_and_comes_back(node, procs):
-    """The camera process is killed (no goodbye) and restarted with its simulated clock starting over: the node
-    resumes without a restart (the jump back in time resets its synchronizer)."""
-    h, proc, group = node
-    cam_cmd = [sys.executable, "-m", "instance_seg_ros.sim.camera_node", "--ros-args", "-p", "width:=160",
-               "-p", "height:=120", "-p", "rate:=10.0", "-p", "use_sim_time:=true", "-p", "max_objects:=4"]
-
-    def stamps_after(t_s: float) -> list[int]:
-        return [s for s in h.out.instances if 0 < s < 1e12 and s > t_s * 1e9]
-
-    cam = procs.start(cam_cmd, log_name="sim_camera_faults_1")
-    # simulated stamps start at 0.1 s: run until > 4 s (more than the 3 s jump-back reset) went through the node
-    assert h.ctx.spin_until(lambda: stamps_after(4.0), 90.0), f"no output from the camera; {procs.log(cam)}"
-    os.killpg(cam.pid, signal.SIGKILL)
-    cam.wait(10)
-    h.spin(1.0)
-
-    def early_outputs() -> int:  # outputs for stamps of the first 3 simulated seconds (both runs use the same)
-        return sum(len(v) for s, v in h.out.instances.items() if 0 < s < 3e9)
-
-    n_first = early_outputs()
-    cam2 = procs.start(cam_cmd, log_name="sim_camera_faults_2")
-    assert h.ctx.spin_until(lambda: early_outputs() > n_first, 90.0), \
-        f"processing did not resume; node log:\n{group.log(proc)[-3000:]}\ncamera log:\n{procs.log(cam2)}"
-    procs.stop(cam2)
-    _alive(proc, group)
-
-
 # ---------------------------------------------------------------------------------------- CUDA out of memory
 def _segmenter():
     import torch
@@ -300,7 +165,7 @@ def test_cuda_oom_retries_once_at_reduced_size_then_skips():
 
 def test_cuda_oom_in_the_node_skips_the_frame_and_keeps_running(ros):
     """In-process node: a frame that runs out of memory twice is skipped with a warning and a diagnostic count;
-    the next frame is processed."""
+    the next frame is processed. (Runs before the module's node process starts: both would answer on /instances.)"""
     import torch
     from rclpy.parameter import Parameter
 
@@ -340,6 +205,151 @@ def test_cuda_oom_in_the_node_skips_the_frame_and_keeps_running(ros):
         node.destroy_node()
 
 
+# ---------------------------------------------------------------------------------------- one node for the rest
+@pytest.fixture(scope="module")
+def node():
+    """``(harness, process, group)``: the node with reliable inputs, so 320x240 frames cross processes."""
+    group = ProcessGroup()
+    ctx = RosTestContext("isr_faults_test")
+    try:
+        proc = group.start(node_command("-p", "qos.input_reliability:=reliable", "-p", "sync.max_age:=0.5",
+                                        "-p", "diagnostics.warn_throttle:=2.0"), log_name="isr_node_faults")
+        h = NodeHarness(ctx, markers=False, debug=False)
+        if not h.wait_connected(120.0):
+            pytest.fail(f"node did not come up; alive={proc.poll() is None}; log:\n{group.log(proc)}")
+        yield h, proc, group
+    finally:
+        ctx.shutdown()
+        group.stop_all()
+
+
+def _alive(proc, group):
+    assert proc.poll() is None, f"node died; log:\n{group.log(proc)}"
+
+
+def test_camera_info_that_never_arrives(node):
+    """Images and depth without camera_info: throttled warnings naming the topic, bounded queues and memory,
+    and the next complete frame is processed."""
+    h, proc, group = node
+    assert h.send_and_wait(h.frame(width=320, height=240), timeout=30.0) is not None
+    rss0 = _rss_kb(proc.pid)
+    before = h.diag_count("rejected.missing_camera_info")
+    log0 = len(group.log(proc).splitlines())
+    t0 = time.monotonic()
+    n = 150
+    for _ in range(n):  # ~384 kB per frame: 58 MB if the node kept them
+        h.send(h.frame(width=320, height=240), camera_info=False)
+        h.spin(0.01)
+    assert h.wait_diag(lambda d: int(d.get("rejected.missing_camera_info", 0)) - before >= n // 2, 20.0), \
+        h.out.diagnostics[-1]
+    elapsed = time.monotonic() - t0
+    backlogs = [int(d["backlog"]) for d in h.out.diagnostics[-5:]]
+    assert max(backlogs) <= 3 * 10 + 1, backlogs  # sync queues (sync.queue_size 10 each) + the slot
+    growth_mb = (_rss_kb(proc.pid) - rss0) / 1024
+    assert growth_mb < 40, f"RSS grew {growth_mb:.0f} MB while {n} frames waited for camera_info"
+    new_lines = group.log(proc).splitlines()[log0:]
+    warnings = [ln for ln in new_lines if "(missing_camera_info)" in ln]
+    assert warnings and "'/camera_info'" in warnings[0], new_lines[-5:]
+    assert len(warnings) <= elapsed / 2.0 + 2, f"{len(warnings)} warnings in {elapsed:.1f} s: not throttled"
+    assert h.send_and_wait(h.frame(width=320, height=240), timeout=30.0) is not None
+    _alive(proc, group)
+
+
+def test_burst_of_1000_frames_keeps_latency_bounded(node):
+    """1000 frames as fast as the publisher can: the processed ones come out within about one inference time
+    plus slop (the worker always takes the newest frame; nothing queues up behind it)."""
+    h, proc, group = node
+    single = []
+    for _ in range(3):
+        f = h.frame()
+        t = time.perf_counter()
+        assert h.send_and_wait(f, timeout=30.0) is not None
+        single.append(time.perf_counter() - t)
+    t_frame = float(np.median(single))
+
+    f = h.frame()
+    received: dict[int, float] = {}
+    published: dict[int, float] = {}
+    from instance_seg_ros.ros.conversions import stamp_from_ns, stamp_to_ns
+
+    sub = h.ctx.node.create_subscription(_instance_array_type(), "instances",  # records receive times
+                                         lambda m: received.setdefault(stamp_to_ns(m.header.stamp),
+                                                                       time.perf_counter()), 50)
+    stamps = [h.next_stamp(step_ms=10) for _ in range(1000)]  # 10 ms apart: unambiguous at sync.slop 1 ms
+
+    def publish_all():
+        for s in stamps:
+            st = stamp_from_ns(s)
+            for msg in (f.camera_info, f.depth, f.image):
+                msg.header.stamp = st
+            h.pub_info.publish(f.camera_info)
+            h.pub_depth.publish(f.depth)
+            published[s] = time.perf_counter()
+            h.pub_image.publish(f.image)
+
+    t0 = time.perf_counter()
+    th = threading.Thread(target=publish_all, daemon=True)
+    th.start()
+    h.ctx.spin_until(lambda: not th.is_alive(), 120.0)
+    publish_s = time.perf_counter() - t0
+    newest = h.ctx.spin_until(lambda: stamps[-1] in received, 20.0)
+    if not newest:  # under heavy load DDS may still lose the last set (keep-last histories): the node must go on
+        assert h.send_and_wait(h.frame(), timeout=30.0) is not None, \
+            f"no output after the burst; log:\n{group.log(proc)[-3000:]}"
+    h.ctx.node.destroy_subscription(sub)
+    lat = np.array([received[s] - published[s] for s in stamps if s in received])
+    assert 0 < len(lat) < 500, f"processed {len(lat)} of 1000: not skipping"
+    # in the node (matched -> published, from /diagnostics): the frame in progress + the frame's own inference
+    n_diag = len(h.out.diagnostics)
+    assert h.wait_diag(lambda d: "latency_ms_max" in d, 10.0)
+    node_max_ms = max(float(d["latency_ms_max"]) for d in h.out.diagnostics[n_diag:] if "latency_ms_max" in d)
+    node_bound_ms = 2.0 * t_frame * 1e3 + 500.0
+    # end to end (published -> received): plus DDS; a reliable reader whose keep-last history overflows gets the
+    # newest samples again only after the writer's next heartbeat (Fast DDS: up to 3 s)
+    bound = 2.0 * t_frame + 4.0
+    print(f"burst: 1000 frames in {publish_s:.2f} s, {len(lat)} processed; single frame {t_frame * 1e3:.0f} ms; "
+          f"in the node: max {node_max_ms:.0f} ms (bound {node_bound_ms:.0f} ms); end to end: p50 "
+          f"{np.median(lat) * 1e3:.0f} ms, max {lat.max() * 1e3:.0f} ms (bound {bound * 1e3:.0f} ms); newest "
+          f"processed: {newest}")
+    assert node_max_ms < node_bound_ms, (node_max_ms, node_bound_ms)
+    assert lat.max() < bound, (lat.max(), bound)
+    _alive(proc, group)
+
+
+def _instance_array_type():
+    from instance_seg_msgs.msg import InstanceArray
+
+    return InstanceArray
+
+
+def test_publisher_dies_and_comes_back(node, procs):
+    """The camera process is killed (no goodbye) and restarted with its simulated clock starting over: the node
+    resumes without a restart (the jump back in time resets its synchronizer)."""
+    h, proc, group = node
+    cam_cmd = [sys.executable, "-m", "instance_seg_ros.sim.camera_node", "--ros-args", "-p", "width:=160",
+               "-p", "height:=120", "-p", "rate:=10.0", "-p", "use_sim_time:=true", "-p", "max_objects:=4"]
+
+    def stamps_after(t_s: float) -> list[int]:
+        return [s for s in h.out.instances if 0 < s < 1e12 and s > t_s * 1e9]
+
+    cam = procs.start(cam_cmd, log_name="sim_camera_faults_1")
+    # simulated stamps start at 0.1 s: run until > 4 s (more than the 3 s jump-back reset) went through the node
+    assert h.ctx.spin_until(lambda: stamps_after(4.0), 90.0), f"no output from the camera; {procs.log(cam)}"
+    os.killpg(cam.pid, signal.SIGKILL)
+    cam.wait(10)
+    h.spin(1.0)
+
+    def early_outputs() -> int:  # outputs for stamps of the first 3 simulated seconds (both runs use the same)
+        return sum(len(v) for s, v in h.out.instances.items() if 0 < s < 3e9)
+
+    n_first = early_outputs()
+    cam2 = procs.start(cam_cmd, log_name="sim_camera_faults_2")
+    assert h.ctx.spin_until(lambda: early_outputs() > n_first, 90.0), \
+        f"processing did not resume; node log:\n{group.log(proc)[-3000:]}\ncamera log:\n{procs.log(cam2)}"
+    procs.stop(cam2)
+    _alive(proc, group)
+
+
 # ---------------------------------------------------------------------------------------- soak smoke run
 def test_soak_smoke(procs, tmp_path):
     """``isr soak`` for 15 s (rows every 5 s) against the untrained small model: rows, a verdict, exit 0."""
@@ -354,7 +364,7 @@ def test_soak_smoke(procs, tmp_path):
     report = json.loads(out.read_text())
     assert len(report["rows"]) == 3 and report["verdict"]["ok"], report
     for row in report["rows"]:
-        assert row["rss_mb"] > 50 and row["fds"] > 3 and row["out_hz"] > 0
+        assert row["rss_mb"] > 50 and row["fds"] > 3 and row["out_hz"] > 0 and row["in_hz"] > 0
         assert row["latency_ms"]["p50"] is not None
     assert "rss MB" in log and "isr soak: OK" in log
 

@@ -193,11 +193,12 @@ def run(args: argparse.Namespace) -> int:
         n_out[0] += 1
         lat_ms.append((time.time_ns() - stamp_to_ns(msg.header.stamp)) / 1e6)
 
-    def on_diag(msg: Any) -> None:
+    def on_diag(msg: Any) -> None:  # /diagnostics is global: keep our node's status (its input topic is ours)
         for st in msg.status:
-            if "instance segmentation" in st.name:
+            values = {kv.key: kv.value for kv in st.values}
+            if "instance segmentation" in st.name and values.get("input.image") == f"{ns}/image":
                 diag.clear()
-                diag.update({kv.key: kv.value for kv in st.values})
+                diag.update(values)
 
     rel = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
     client.create_subscription(InstanceArray, "instances", on_instances, rel)
