@@ -213,7 +213,8 @@ def node():
     ctx = RosTestContext("isr_faults_test")
     try:
         proc = group.start(node_command("-p", "qos.input_reliability:=reliable", "-p", "sync.max_age:=0.5",
-                                        "-p", "diagnostics.warn_throttle:=2.0"), log_name="isr_node_faults")
+                                        "-p", "diagnostics.warn_throttle:=2.0", "-p", "diagnostics.stale_timeout:=2.0"),
+                           log_name="isr_node_faults")
         h = NodeHarness(ctx, markers=False, debug=False)
         if not h.wait_connected(120.0):
             pytest.fail(f"node did not come up; alive={proc.poll() is None}; log:\n{group.log(proc)}")
@@ -252,6 +253,25 @@ def test_camera_info_that_never_arrives(node):
     assert warnings and "'/camera_info'" in warnings[0], new_lines[-5:]
     assert len(warnings) <= elapsed / 2.0 + 2, f"{len(warnings)} warnings in {elapsed:.1f} s: not throttled"
     assert h.send_and_wait(h.frame(width=320, height=240), timeout=30.0) is not None
+    _alive(proc, group)
+
+
+def test_camera_info_publisher_gone_and_back(node):
+    """No camera_info publisher at all: a warning names the topic; when it comes back, frames are processed."""
+    from rclpy.qos import QoSProfile, ReliabilityPolicy
+    from sensor_msgs.msg import CameraInfo
+
+    h, proc, group = node
+    h.ctx.node.destroy_publisher(h.pub_info)
+    try:
+        assert h.ctx.spin_until(lambda: "No publisher on '/camera_info'" in group.log(proc), 20.0,
+                                on_spin=lambda: h.send(h.frame(), camera_info=False)), group.log(proc)[-2000:]
+        assert h.wait_diag(lambda d: "no publisher on /camera_info" in d["_message"], 10.0)
+    finally:
+        h.pub_info = h.ctx.node.create_publisher(CameraInfo, "camera_info",
+                                                 QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE))
+    assert h.ctx.spin_until(lambda: h.pub_info.get_subscription_count() >= 1, 15.0)
+    assert h.send_and_wait(h.frame(), timeout=30.0) is not None
     _alive(proc, group)
 
 
