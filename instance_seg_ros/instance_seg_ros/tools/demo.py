@@ -13,13 +13,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
+
+from .procs import share_dir, stop_process
 
 NS = "/isr_demo"
 
@@ -35,27 +36,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=3, help="scene seed (default 3)")
     p.add_argument("--scene-change-every", type=int, default=15, help="new scene every N camera frames")
     p.add_argument("--timeout", type=float, default=300.0, help="give up after this many seconds (default 300)")
-
-
-def _share_dir() -> Path:
-    try:
-        from ament_index_python.packages import get_package_share_directory
-
-        return Path(get_package_share_directory("instance_seg_ros"))
-    except Exception:  # not installed through colcon: use the source tree
-        return Path(__file__).resolve().parents[2]
-
-
-def _stop(proc: subprocess.Popen, timeout: float = 10.0) -> None:
-    if proc.poll() is not None:
-        return
-    for sig, wait in ((signal.SIGINT, timeout), (signal.SIGKILL, 3.0)):
-        try:
-            os.killpg(proc.pid, sig)
-            proc.wait(wait)
-            return
-        except (ProcessLookupError, subprocess.TimeoutExpired):
-            continue
 
 
 def _percentile(values: list[float], q: float) -> float:
@@ -77,7 +57,7 @@ def run(args: argparse.Namespace) -> int:
         return 2
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    params = Path(args.params) if args.params else _share_dir() / "config" / "default.yaml"
+    params = Path(args.params) if args.params else share_dir() / "config" / "default.yaml"
     log_dir = out / "logs"
     log_dir.mkdir(exist_ok=True)
 
@@ -140,7 +120,7 @@ def run(args: argparse.Namespace) -> int:
             rclpy.spin_once(node, timeout_sec=0.1)
     finally:
         for p in procs:
-            _stop(p)
+            stop_process(p)
         node.destroy_node()
         rclpy.try_shutdown()
 

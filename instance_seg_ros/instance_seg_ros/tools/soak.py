@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -31,6 +30,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from .procs import share_dir, stop_process
 
 __all__ = ["ProcSample", "add_arguments", "proc_sample", "rss_verdict", "run"]
 
@@ -103,28 +104,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--log-dir", default=None, help="where the two processes' logs go (default: a temporary dir)")
 
 
-def _share_dir() -> Path:
-    try:
-        from ament_index_python.packages import get_package_share_directory
-
-        return Path(get_package_share_directory("instance_seg_ros"))
-    except Exception:  # not installed through colcon: the source tree
-        return Path(__file__).resolve().parents[2]
-
-
-def _stop(proc: subprocess.Popen, timeout: float = 15.0) -> int | None:
-    if proc.poll() is not None:
-        return proc.returncode
-    for sig, wait in ((signal.SIGINT, timeout), (signal.SIGKILL, 3.0)):
-        try:
-            os.killpg(proc.pid, sig)
-            proc.wait(wait)
-            break
-        except (ProcessLookupError, subprocess.TimeoutExpired):
-            continue
-    return proc.poll()
-
-
 def _pct(values: list[float], q: float) -> float | None:
     return float(np.percentile(values, q)) if values else None
 
@@ -154,7 +133,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"isr soak: the run ({duration:g} s) must last at least two intervals ({args.interval:g} s each): "
               "the first is the warm-up. Lower --interval or run longer.", file=sys.stderr)
         return 2
-    params = Path(args.params) if args.params else _share_dir() / "config" / "default.yaml"
+    params = Path(args.params) if args.params else share_dir() / "config" / "default.yaml"
     log_dir = Path(args.log_dir) if args.log_dir else Path(tempfile.mkdtemp(prefix="isr_soak_"))
     log_dir.mkdir(parents=True, exist_ok=True)
     ns = f"/isr_soak_{os.getpid()}"
@@ -272,7 +251,7 @@ def run(args: argparse.Namespace) -> int:
                 if n_out[0] == n0:
                     failure = f"no output in the interval ending at minute {row['minute']:.2f}"
     finally:
-        codes = {name: _stop(p) for name, p in procs.items()}
+        codes = {name: stop_process(p, 15.0) for name, p in procs.items()}
         executor.shutdown()
         client.destroy_node()
         rclpy.try_shutdown(context=ctx)
