@@ -237,6 +237,15 @@ def _summarize_reference(masks: torch.Tensor, amodal: torch.Tensor, scores, labe
     )
 
 
+def attach_geometry(inst: InstanceResult, min_points: int) -> None:
+    """Fill ``inst``'s centroid (any points) and oriented 3D box (at least ``min_points``, and 1) from its points."""
+    pts = inst.points
+    if pts.shape[0] > 0:
+        inst.centroid = centroid(pts)
+    if pts.shape[0] >= max(min_points, 1):
+        inst.box_center, inst.box_quat, inst.box_size = oriented_box(pts)
+
+
 class Segmenter:
     """Amodal instance segmentation of one RGB-D frame at a time.
 
@@ -423,10 +432,7 @@ class Segmenter:
                 colors=cols,
                 depth_coverage=float(cloud.depth_coverage),
             )
-            if pts.shape[0] > 0:
-                inst.centroid = centroid(pts)
-            if pts.shape[0] >= max(cfg.cloud.min_points, 1):
-                inst.box_center, inst.box_quat, inst.box_size = oriented_box(pts)
+            attach_geometry(inst, cfg.cloud.min_points)
             t_geom += time.perf_counter() - t1
             instances.append(inst)
         timings["cloud_filter"] = t_filter * 1e3

@@ -38,9 +38,9 @@ import numpy as np
 import torch
 
 from ..core.config import Config
-from ..core.geometry import centroid, oriented_box
 from ..core.lifting import filter_cloud
 from ..core.model import AmodalMaskRCNN, ModelMeta, frame_to_input
+from ..core.pipeline import attach_geometry
 from ..core.types import FrameResult, InstanceResult, Intrinsics
 
 __all__ = ["TORCHVISION_MAX_SIZE", "TORCHVISION_MIN_SIZE", "NaiveBaseline", "naive_instance_array_msg"]
@@ -168,10 +168,7 @@ class NaiveBaseline:
                 amodal_mask=acrops[j], occlusion=float(occ[j]), is_occluded=bool(occ[j] > cfg.occlusion.threshold),
                 points=pts, colors=cols, depth_coverage=coverage,
             )
-            if pts.shape[0] > 0:
-                inst.centroid = centroid(pts)
-            if pts.shape[0] >= max(cfg.cloud.min_points, 1):
-                inst.box_center, inst.box_quat, inst.box_size = oriented_box(pts)
+            attach_geometry(inst, cfg.cloud.min_points)
             t_geom += time.perf_counter() - t1
             instances.append(inst)
         timings["cloud_filter"] = t_filter * 1e3
