@@ -145,6 +145,64 @@ def test_large_jump_back_resets_instead_of_rejecting():
     assert sync.stats().dropped["image"] == 1
 
 
+def test_restarted_camera_with_a_short_jump_back_resets_after_a_run_of_older_stamps():
+    """A camera restarted with its clock starting over, seen only after discovery took a while: its stamps are
+    older than the last ones, but by less than ``jump_back_reset``. A run of ``restart_after`` increasing older
+    stamps resets the synchronizer (found in CI: the node used to reject such a camera until its clock caught up)."""
+    resets = []
+    sync, out, _ = make(jump_back_reset=3.0, restart_after=3, on_reset=lambda *a: resets.append(a))
+    for k in range(1, 43):  # first run: 0.1 .. 4.2 s
+        for s in STREAMS:
+            sync.add(s, k * 100 * MS, k)
+    assert len(out) == 42
+    for k in (21, 22):  # second run, first seen at 2.1 s: rejected as out of order at first
+        for s in STREAMS:
+            with pytest.raises(StampError) as info:
+                sync.add(s, k * 100 * MS, k)
+            assert info.value.reason == "out_of_order_stamp"
+    assert resets == []
+    for s in STREAMS:
+        sync.add(s, 2300 * MS, "new")
+    assert out[-1].msgs == ("new",) * 3 and out[-1].stamp_ns == 2300 * MS
+    assert resets == [("image", 4200 * MS, 2300 * MS, "restarted_clock")]
+    st_ = sync.stats()
+    assert st_.resets == 1 and st_.reset_reasons == {"restarted_clock": 1}
+    assert st_.rejected == {"out_of_order_stamp": 6}  # two per stream before the reset
+    sync.add("image", 2400 * MS, "next")  # carries on normally
+    sync.add("depth", 2400 * MS, "next")
+    sync.add("camera_info", 2400 * MS, "next")
+    assert out[-1].stamp_ns == 2400 * MS
+
+
+def test_out_of_order_messages_that_do_not_form_an_increasing_run_never_reset():
+    """Reordering and a stuck publisher stay rejected: only a steady clock behind the old one resets."""
+    sync, out, _ = make(restart_after=3)
+    for s in STREAMS:
+        sync.add(s, T0 + S, "now")
+    for stamp in (T0 + 500 * MS, T0 + 400 * MS, T0 + 600 * MS, T0 + 300 * MS, T0 + S, T0 + S):
+        with pytest.raises(StampError):
+            sync.add("depth", stamp, "late")
+    assert sync.stats().resets == 0
+    assert sync.stats().rejected == {"out_of_order_stamp": 4, "duplicate_stamp": 2}
+
+
+def test_an_older_stamp_from_another_publisher_resets_at_once():
+    resets = []
+    sync, out, _ = make(on_reset=lambda *a: resets.append(a))
+    for k in range(1, 30):
+        for s in STREAMS:
+            sync.add(s, T0 + k * 100 * MS, k, source=b"camera-1")
+    with pytest.raises(StampError):  # the same publisher going back a little is reordering
+        sync.add("image", T0 + 2 * S, "late", source=b"camera-1")
+    for s in STREAMS:
+        sync.add(s, T0 + 2 * S, "restarted", source=b"camera-2")
+    assert out[-1].msgs == ("restarted",) * 3
+    assert [r[3] for r in resets] == ["new_source"]
+    # a second publisher with newer stamps is just accepted (no reset needed)
+    sync.add("image", T0 + 3 * S, "c", source=b"camera-3")
+    assert sync.stats().resets == 1
+
+
 def test_reset_forgets_queues_and_previous_stamps():
     sync, out, _ = make()
     sync.add("image", T0, "c")
@@ -157,6 +215,8 @@ def test_reset_forgets_queues_and_previous_stamps():
 
 
 def test_bad_arguments():
+    with pytest.raises(ValueError, match="restart_after"):
+        StampSynchronizer(STREAMS, restart_after=1)
     with pytest.raises(ValueError, match="two or more distinct"):
         StampSynchronizer(("image",))
     with pytest.raises(ValueError, match="distinct"):

@@ -4,8 +4,11 @@
 ``image`` / ``depth`` / ``camera_info`` inputs: messages are queued per stream (bounded), a set is
 emitted as soon as every stream holds a message within ``slop`` seconds of a message of the first
 ("pivot") stream, and unmatched messages age out. Per stream, stamps must increase: zero, duplicate
-and out-of-order stamps raise :class:`StampError` (a ``ValueError``) with a ``reason`` key; a large
-jump back in time (a looping rosbag, a restarted simulation) resets the synchronizer instead.
+and out-of-order stamps raise :class:`StampError` (a ``ValueError``) with a ``reason`` key. A time base
+that starts over (a looping rosbag, a restarted camera or simulation) resets the synchronizer instead:
+it is recognised by a large jump back in time, by a message from another publisher (``source``) that is
+older than the stream's previous one, or by a run of ``restart_after`` out-of-order messages whose
+stamps increase among themselves (a new clock that started behind the old one).
 
 :class:`LatestSlot` holds the newest matched set for one worker: ``put`` replaces what the worker
 has not taken yet (counted as skipped), so latency stays bounded when frames arrive faster than
@@ -79,7 +82,9 @@ class SyncStats:
         missing: per stream, how many dropped pivot messages found no partner on that stream within slop.
         rejected: refused messages per :class:`StampError` reason.
         matched: sets emitted.
-        resets: jumps back in time that reset the synchronizer.
+        resets: time-base restarts that reset the synchronizer (see ``reset_reasons``).
+        reset_reasons: resets per cause: ``jump_back`` (a large jump back in time), ``new_source`` (an older
+            stamp from another publisher) and ``restarted_clock`` (a run of increasing out-of-order stamps).
     """
 
     received: dict[str, int] = field(default_factory=dict)
@@ -88,9 +93,11 @@ class SyncStats:
     rejected: dict[str, int] = field(default_factory=dict)
     matched: int = 0
     resets: int = 0
+    reset_reasons: dict[str, int] = field(default_factory=dict)
 
 
 DropCallback = Callable[[str, int, tuple[str, ...]], None]
+ResetCallback = Callable[[str, int, int, str], None]
 
 
 class StampSynchronizer:
@@ -110,10 +117,16 @@ class StampSynchronizer:
             seconds are dropped (>= 0).
         jump_back_reset: a stamp this many seconds older than its stream's previous one is taken as a
             time reset (bag loop, simulation restart): every queue is cleared and the message accepted.
+        restart_after: this many consecutive out-of-order messages on one stream, with stamps increasing
+            among themselves, are taken as a clock that started over behind the old one (a short bag
+            looping, a camera restarted after a few seconds): the last of them resets the synchronizer and
+            is accepted (>= 2). The earlier ones are rejected as ``out_of_order_stamp``.
         on_match: called with each :class:`Matched` set, outside the lock, in stamp order.
         on_drop: called as ``on_drop(stream, stamp_ns, missing_streams)`` for each dropped message,
             outside the lock; ``missing_streams`` names the partner streams that had no message within
             slop (pivot messages only, else empty).
+        on_reset: called as ``on_reset(stream, previous_ns, stamp_ns, reason)`` after each reset, outside
+            the lock; ``reason`` is a key of :attr:`SyncStats.reset_reasons`.
 
     Raises:
         ValueError: fewer than two or duplicate stream names, or an out-of-range setting.
@@ -127,8 +140,10 @@ class StampSynchronizer:
         queue_size: int = 10,
         max_age: float = 1.0,
         jump_back_reset: float = 3.0,
+        restart_after: int = 3,
         on_match: Callable[[Matched], None] | None = None,
         on_drop: DropCallback | None = None,
+        on_reset: ResetCallback | None = None,
     ) -> None:
         streams = tuple(str(s) for s in streams)
         if len(streams) < 2 or len(set(streams)) != len(streams):
@@ -137,6 +152,8 @@ class StampSynchronizer:
             raise ValueError(f"queue_size must be at least 1, got {queue_size}.")
         if not jump_back_reset > 0:
             raise ValueError(f"jump_back_reset must be a positive number of seconds, got {jump_back_reset}.")
+        if int(restart_after) < 2:
+            raise ValueError(f"restart_after must be at least 2 messages, got {restart_after}.")
         self._streams = streams
         self._index = {s: i for i, s in enumerate(streams)}
         self._queue_size = int(queue_size)
@@ -144,12 +161,17 @@ class StampSynchronizer:
         self._max_age_ns = 0
         self.configure(slop=slop, max_age=max_age)
         self._jump_ns = int(round(jump_back_reset * _NS))
+        self._restart_after = int(restart_after)
         self._on_match = on_match
         self._on_drop = on_drop
+        self._on_reset = on_reset
         self._lock = threading.Lock()
         # per stream: deque of (stamp_ns, msg), stamps strictly increasing
         self._queues: list[deque[tuple[int, Any]]] = [deque() for _ in streams]
         self._last: list[int | None] = [None] * len(streams)
+        self._source: list[Any] = [None] * len(streams)  # publisher of each stream's previous message
+        # per stream: (count, newest stamp) of the current run of increasing out-of-order messages
+        self._behind: list[tuple[int, int]] = [(0, 0)] * len(streams)
         self._newest = 0
         self._stats = SyncStats(
             received=dict.fromkeys(streams, 0), dropped=dict.fromkeys(streams, 0), missing=dict.fromkeys(streams, 0)
@@ -180,8 +202,12 @@ class StampSynchronizer:
             self._max_age_ns = int(round(max_age * _NS))
 
     # ------------------------------------------------------------------ input
-    def add(self, stream: str, stamp_ns: int, msg: Any) -> list[Matched]:
+    def add(self, stream: str, stamp_ns: int, msg: Any, source: Any = None) -> list[Matched]:
         """Queue ``msg`` (stamped ``stamp_ns`` nanoseconds) on ``stream`` and emit every set that is complete.
+
+        ``source`` optionally identifies the publisher (e.g. its GID, any hashable value): a message older
+        than the stream's previous one that comes from another publisher than that one means the camera
+        was restarted with its clock starting over, so the synchronizer resets instead of rejecting it.
 
         Returns:
             The sets emitted by this call (also passed to ``on_match``), oldest first.
@@ -196,8 +222,9 @@ class StampSynchronizer:
         stamp = int(stamp_ns)
         matches: list[Matched] = []
         drops: list[tuple[str, int, tuple[str, ...]]] = []
+        resets: list[tuple[str, int, int, str]] = []
         with self._lock:
-            self._admit(i, stream, stamp, drops)
+            self._admit(i, stream, stamp, source, drops, resets)
             self._queues[i].append((stamp, msg))
             self._stats.received[stream] += 1
             self._newest = max(self._newest, stamp)
@@ -209,6 +236,9 @@ class StampSynchronizer:
         for rec in drops:
             if self._on_drop is not None:
                 self._on_drop(*rec)
+        for rst in resets:
+            if self._on_reset is not None:
+                self._on_reset(*rst)
         for m in matches:
             if self._on_match is not None:
                 self._on_match(m)
@@ -229,29 +259,43 @@ class StampSynchronizer:
         with self._lock:
             s = self._stats
             return SyncStats(dict(s.received), dict(s.dropped), dict(s.missing), dict(s.rejected), s.matched,
-                             s.resets)
+                             s.resets, dict(s.reset_reasons))
 
     # ------------------------------------------------------------------ internals (lock held)
     def _clear(self) -> None:
         for q in self._queues:
             q.clear()
         self._last = [None] * len(self._streams)
+        self._source = [None] * len(self._streams)
+        self._behind = [(0, 0)] * len(self._streams)
         self._newest = 0
 
-    def _admit(self, i: int, stream: str, stamp: int, drops: list) -> None:
+    def _admit(self, i: int, stream: str, stamp: int, source: Any, drops: list, resets: list) -> None:
         if stamp <= 0:
             self._reject("zero_stamp", stream, f"{stream} message has stamp {stamp} ns; the publisher must stamp "
                                                "its messages (header.stamp is zero or negative).")
         last = self._last[i]
         if last is not None and stamp <= last:
+            why = None
             if last - stamp >= self._jump_ns:
-                # time went back a lot: a new recording or simulation run; start over
+                why = "jump_back"  # time went back a lot: a new recording or simulation run
+            elif source is not None and self._source[i] is not None and source != self._source[i]:
+                why = "new_source"  # another publisher, on its own clock: the camera was restarted
+            elif stamp < last:
+                count, prev = self._behind[i]
+                count = count + 1 if count and stamp > prev else 1
+                self._behind[i] = (count, stamp)
+                if count >= self._restart_after:
+                    why = "restarted_clock"  # a steady clock running behind the old one
+            if why is not None:
                 for j, q in enumerate(self._queues):
                     for old_stamp, _ in q:
                         self._stats.dropped[self._streams[j]] += 1
                         drops.append((self._streams[j], old_stamp, ()))
                 self._clear()
                 self._stats.resets += 1
+                self._stats.reset_reasons[why] = self._stats.reset_reasons.get(why, 0) + 1
+                resets.append((stream, last, stamp, why))
             elif stamp == last:
                 self._reject("duplicate_stamp", stream, f"{stream} message repeats the previous stamp "
                                                         f"{_fmt(stamp)}; each message needs a new stamp.")
@@ -260,6 +304,8 @@ class StampSynchronizer:
                                                            f"the previous one {_fmt(last)}; messages arrived out of "
                                                            "order.")
         self._last[i] = stamp
+        self._source[i] = source
+        self._behind[i] = (0, 0)
 
     def _reject(self, reason: str, stream: str, message: str) -> None:
         self._stats.rejected[reason] = self._stats.rejected.get(reason, 0) + 1

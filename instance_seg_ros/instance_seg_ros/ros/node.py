@@ -105,6 +105,16 @@ def transport_warning(env: dict[str, str], input_reliability: str) -> str:
     return ""
 
 
+def _publisher_id(info: Any) -> bytes | None:
+    """The publishing writer's GID from a subscription's message info (None when the middleware gives none)."""
+    try:
+        gid = info.get("publisher_gid") if isinstance(info, dict) else None
+        data = gid.get("data") if isinstance(gid, dict) else gid
+        return bytes(data) if data is not None else None
+    except Exception:  # unknown shape: fall back to stamp-only restart detection
+        return None
+
+
 def _one_line(exc: BaseException) -> str:
     text = " ".join(str(exc).split())
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
@@ -273,7 +283,7 @@ class InstanceSegNode(LifecycleNode):
             cfg = self._config
             self._sync = StampSynchronizer(
                 STREAMS, slop=cfg.sync.slop, queue_size=cfg.sync.queue_size, max_age=cfg.sync.max_age,
-                on_match=self._on_match, on_drop=self._on_drop,
+                on_match=self._on_match, on_drop=self._on_drop, on_reset=self._on_time_reset,
             )
         except Exception as exc:  # a model that cannot load must not kill a managed node
             self._configure_error = f"cannot configure: {_one_line(exc)}"
@@ -404,11 +414,12 @@ class InstanceSegNode(LifecycleNode):
         self._worker = None
 
     # ================================================================== callbacks (executor thread)
-    def _on_input(self, stream: str, msg: Any) -> None:
-        """Subscription callback: stamp-match the raw message; no decoding here. Never raises (an exception
-        would stop the executor)."""
+    def _on_input(self, stream: str, msg: Any, info: Any) -> None:
+        """Subscription callback (with message info: the publisher's GID tells a restarted camera from
+        reordered messages): stamp-match the raw message; no decoding here. Never raises (an exception would
+        stop the executor)."""
         try:
-            self._take_input(stream, msg)
+            self._take_input(stream, msg, _publisher_id(info))
         except Exception as exc:
             self._callback_error("input callback", exc)
 
@@ -419,7 +430,7 @@ class InstanceSegNode(LifecycleNode):
         self._warn(f"callback_error_{where}", text, error=True)
         self.get_logger().debug(traceback.format_exc())
 
-    def _take_input(self, stream: str, msg: Any) -> None:
+    def _take_input(self, stream: str, msg: Any, source: Any = None) -> None:
         now = time.monotonic()
         self._inputs[stream].last_rx = now
         self._stats.tick(f"received.{stream}", now)
@@ -427,7 +438,7 @@ class InstanceSegNode(LifecycleNode):
         if sync is None:
             return
         try:
-            sync.add(stream, stamp_to_ns(msg.header.stamp), msg)
+            sync.add(stream, stamp_to_ns(msg.header.stamp), msg, source)
         except StampError as exc:
             self._reject(exc.reason, f"{exc} (on '{self._inputs[stream].topic}')", what="Message")
 
@@ -435,6 +446,17 @@ class InstanceSegNode(LifecycleNode):
         self._stats.tick("frames_matched")
         if self._slot.put((m, time.monotonic())):
             self._stats.inc("frames_skipped")
+
+    def _on_time_reset(self, stream: str, previous_ns: int, stamp_ns: int, reason: str) -> None:
+        self._stats.inc("time_resets")
+        self._stats.inc(f"time_resets.{reason}")
+        cause = {"jump_back": "time jumped back (a looping bag or a restarted simulation)",
+                 "new_source": "a new publisher started with older stamps (the camera was restarted)",
+                 "restarted_clock": "stamps kept arriving older than before (a clock that started over)"}[reason]
+        topic = self._inputs[stream].topic if stream in self._inputs else stream
+        self._warn("time_reset", f"Input time base restarted on '{topic}': {cause}; stamp {stamp_ns / 1e9:.3f} s "
+                                 f"after {previous_ns / 1e9:.3f} s. Queued messages were dropped and matching "
+                                 "starts over.")
 
     def _on_drop(self, stream: str, stamp_ns: int, missing: tuple[str, ...]) -> None:
         self._stats.inc(f"unmatched.{stream}")
