@@ -188,6 +188,18 @@ def test_save_refuses_unstorable_extras(trained_like, tmp_path):
     assert not (tmp_path / "x.pt").exists()
 
 
+def test_untrained_model_is_the_same_in_every_run_and_leaves_the_global_rng_alone():
+    torch.manual_seed(123)
+    before = torch.rand(3)
+    torch.manual_seed(123)
+    a, _ = load_model("none", backbone="resnet18_fpn")
+    after = torch.rand(3)
+    b, _ = load_model("none", backbone="resnet18_fpn")
+    assert torch.equal(before, after)  # the caller's random stream is untouched
+    for (name, x), y in zip(a.state_dict().items(), b.state_dict().values(), strict=True):
+        assert torch.equal(x, y), name
+
+
 def test_load_model_specs(caplog):
     logs = []
     model, meta = load_model("none", backbone="efficientnet_lite0_fpn", input_mode="rgbd", log=logs.append)

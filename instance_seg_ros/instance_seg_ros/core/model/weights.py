@@ -59,6 +59,8 @@ FORMAT = "instance_seg_ros/amodal_maskrcnn"
 VERSION = 1
 #: The model shipped inside the package (``package_data`` in setup.py installs ``weights/*.pt``).
 BUNDLED_WEIGHTS = Path(__file__).resolve().parent.parent.parent / "weights" / "amodal_maskrcnn.pt"
+#: weights="none" builds the untrained model from this torch seed, so that it is the same in every run
+UNTRAINED_SEED = 0
 _FP16_MAX = 65504.0
 _KEEP_FP32_SUFFIXES = ("running_mean", "running_var")
 
@@ -406,7 +408,11 @@ def load_model(
             training_data="none (untrained)",
             notes="untrained model from load_model('none')",
         )
-        model = meta.build_model()
+        # seeded: an untrained model's detections are meaningless but must be the same in every run (a test
+        # that needs a detection at score 0 must not depend on the luck of a random initialisation)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(UNTRAINED_SEED)
+            model = meta.build_model()
         meta.builder_kwargs = dict(model.builder_kwargs)
         _emit(
             log,
