@@ -59,7 +59,7 @@ def test_descriptors_carry_ranges_choices_and_mutability():
         ("publish.labels", "sometimes", "must be one of auto, always, never"),
         ("qos.input_depth", 0, r"within \[1, 100\]"),
         ("qos.input_depth", 2.5, "must be an integer"),
-        ("diagnostics.period", float("nan"), "finite number"),
+        ("diagnostics.period", float("nan"), "must be finite"),
         ("input.compressed", "yes", "true or false"),
         ("input.nonsense", 1, "Unknown node parameter"),
     ],

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import numbers
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,6 +31,8 @@ __all__ = [
     "OcclusionConfig",
     "ParamSpec",
     "SyncConfig",
+    "check_value",
+    "param_spec",
 ]
 
 
@@ -177,7 +180,14 @@ class ParamSpec:
     low: float | None
     high: float | None
     dynamic: bool
-    choices_open: bool
+    choices_open: bool = False
+
+
+def param_spec(name: str, default: Any, description: str, *, choices: tuple[Any, ...] | None = None,
+               low: float | None = None, high: float | None = None, dynamic: bool = False) -> ParamSpec:
+    """A :class:`ParamSpec` whose type is the default's (for parameter tables outside :class:`Config`)."""
+    return ParamSpec(name=name, default=default, type=type(default), description=description, choices=choices,
+                     low=low, high=high, dynamic=dynamic)
 
 
 @dataclass(frozen=True)
@@ -191,7 +201,7 @@ class Config:
 
     def __post_init__(self) -> None:
         for spec in self.specs():
-            _check(spec, self.get(spec.name))
+            check_value(spec, self.get(spec.name))
         if self.depth.min >= self.depth.max:
             raise ConfigError(
                 f"depth.min ({self.depth.min}) must be below depth.max ({self.depth.max})."
@@ -304,41 +314,48 @@ def _flatten(nested: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def _coerce(spec: ParamSpec, value: Any) -> Any:
+def _coerce(spec: ParamSpec, value: Any, error: type[Exception] = ConfigError) -> Any:
+    """``value`` as ``spec``'s type: an integral number for an int, any real number (numpy's too) for a float."""
     t = spec.type
     if t is bool:
         if isinstance(value, bool):
             return value
-        raise ConfigError(f"{spec.name} must be true or false, got {value!r}.")
+        raise error(f"{spec.name} must be true or false, got {value!r}.")
     if t is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            if isinstance(value, float) and value.is_integer():
-                return int(value)
-            raise ConfigError(f"{spec.name} must be an integer, got {value!r}.")
-        return value
+        if isinstance(value, numbers.Integral) and not isinstance(value, bool):
+            return int(value)
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        raise error(f"{spec.name} must be an integer, got {value!r}.")
     if t is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"{spec.name} must be a number, got {value!r}.")
+        if isinstance(value, bool) or not isinstance(value, numbers.Real):
+            raise error(f"{spec.name} must be a number, got {value!r}.")
         return float(value)
     if t is str:
         if not isinstance(value, str):
-            raise ConfigError(f"{spec.name} must be a string, got {value!r}.")
+            raise error(f"{spec.name} must be a string, got {value!r}.")
         return value
     return value
 
 
-def _check(spec: ParamSpec, value: Any) -> None:
-    _coerce(spec, value)
+def check_value(spec: ParamSpec, value: Any, error: type[Exception] = ConfigError) -> Any:
+    """``value`` checked against ``spec`` (type, finite, range, choices) and returned as the spec's type.
+
+    Raises:
+        error (ConfigError unless given): naming the parameter and what is allowed.
+    """
+    value = _coerce(spec, value, error)
     if isinstance(value, float) and not math.isfinite(value):
-        raise ConfigError(f"{spec.name} must be finite, got {value!r}.")
+        raise error(f"{spec.name} must be finite, got {value!r}.")
     if spec.low is not None and value < spec.low or spec.high is not None and value > spec.high:
-        raise ConfigError(f"{spec.name} must be within [{spec.low}, {spec.high}], got {value!r}.")
+        raise error(f"{spec.name} must be within [{spec.low}, {spec.high}], got {value!r}.")
     if spec.choices is not None:
         ok = value in spec.choices
         if not ok and spec.choices_open and spec.name == "model.device":
             ok = _valid_cuda_device(value)
         if not ok:
-            raise ConfigError(f"{spec.name} must be one of {', '.join(map(str, spec.choices))}, got {value!r}.")
+            raise error(f"{spec.name} must be one of {', '.join(map(str, spec.choices))}, got {value!r}.")
+    return value
 
 
 def _valid_cuda_device(value: str) -> bool:

@@ -45,7 +45,6 @@ from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
 from rcl_interfaces.msg import SetParametersResult
 from rclpy.clock import Clock, ClockType
 from rclpy.event_handler import PublisherEventCallbacks, SubscriptionEventCallbacks, UnsupportedEventTypeError
-from rclpy.exceptions import InvalidParameterTypeException, InvalidParameterValueException
 from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from rclpy.parameter import Parameter
@@ -68,7 +67,7 @@ from ..core.visualize import draw_overlay
 from .conversions import image_msg, instance_array_msg, label_image_msg, stamp_to_ns
 from .diagnostics import NodeStats, Throttle, diagnostic_array
 from .markers import markers_msg
-from .params import NodeSettings, all_specs, descriptor, is_config_key, split_flat
+from .params import NodeSettings, all_specs, declare_specs, is_config_key, split_flat
 from .qos import describe, input_qos, output_qos, policy_name
 
 __all__ = ["STREAMS", "InstanceSegNode", "main", "transport_warning"]
@@ -194,28 +193,9 @@ class InstanceSegNode(LifecycleNode):
         return self._stats
 
     def _declare_parameters(self) -> tuple[Config, NodeSettings]:
-        overrides: dict[str, Parameter] = getattr(self, "_parameter_overrides", {})
-        values: dict[str, Any] = {}
-        for spec in self._specs.values():
-            given = overrides.get(spec.name)
-            if given is not None and spec.type is float and given.type_ == Parameter.Type.INTEGER:
-                # `depth.max: 2` in YAML is an integer; a float parameter takes it as 2.0
-                overrides[spec.name] = Parameter(spec.name, Parameter.Type.DOUBLE, float(given.value))
-            try:
-                values[spec.name] = self.declare_parameter(spec.name, spec.default, descriptor(spec)).value
-            except InvalidParameterTypeException:
-                raise ConfigError(
-                    f"Parameter {spec.name} must be of type {spec.type.__name__} (default {spec.default!r}), got "
-                    f"{given.value!r}; fix it in the params file or on the command line."
-                ) from None
-            except InvalidParameterValueException as exc:
-                raise ConfigError(f"Parameter {spec.name}: {_one_line(exc)}") from None
-        unknown = sorted(n for n in overrides if not self.has_parameter(n) and not n.startswith("qos_overrides."))
-        for name in unknown:
-            self.get_logger().warning(
-                f"Ignoring unknown parameter '{name}' (a typo?). Known parameters: see config/default.yaml or "
-                f"`ros2 param list {self.get_fully_qualified_name()}`."
-            )
+        values = declare_specs(self, self._specs.values(), known_hint=(
+            "Known parameters: see config/default.yaml or `ros2 param list "
+            f"{self.get_fully_qualified_name()}`."))
         cfg_flat, node_flat = split_flat(values)
         return Config.from_flat(cfg_flat), NodeSettings.from_flat(node_flat)
 

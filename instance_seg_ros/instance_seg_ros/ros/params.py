@@ -8,20 +8,22 @@ node is configured (set them in the params file, or in the unconfigured state of
 
 from __future__ import annotations
 
-import math
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor, ParameterType
+from rclpy.exceptions import InvalidParameterTypeException, InvalidParameterValueException
+from rclpy.parameter import Parameter
 
-from ..core.config import Config, ConfigError, ParamSpec
+from ..core.config import Config, ConfigError, ParamSpec, check_value, param_spec
 
 __all__ = [
     "NODE_SPECS",
     "PUBLISH_MODES",
     "NodeSettings",
     "all_specs",
+    "declare_specs",
     "descriptor",
     "is_config_key",
     "split_flat",
@@ -31,10 +33,7 @@ __all__ = [
 PUBLISH_MODES = ("auto", "always", "never")
 
 
-def _spec(name: str, default: Any, description: str, *, choices: tuple[Any, ...] | None = None,
-          low: float | None = None, high: float | None = None, dynamic: bool = False) -> ParamSpec:
-    return ParamSpec(name=name, default=default, type=type(default), description=description, choices=choices,
-                     low=low, high=high, dynamic=dynamic, choices_open=False)
+_spec = param_spec
 
 
 _PUBLISH_HELP = "auto = only while someone subscribes, always, or never."
@@ -100,24 +99,7 @@ def validate_node_value(name: str, value: Any) -> Any:
     spec = _NODE_BY_NAME.get(name)
     if spec is None:
         raise ConfigError(f"Unknown node parameter '{name}'. Known: {', '.join(_NODE_BY_NAME)}.")
-    t = spec.type
-    if t is bool:
-        if not isinstance(value, bool):
-            raise ConfigError(f"{name} must be true or false, got {value!r}.")
-    elif t is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"{name} must be an integer, got {value!r}.")
-    elif t is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-            raise ConfigError(f"{name} must be a finite number, got {value!r}.")
-        value = float(value)
-    elif t is str and not isinstance(value, str):
-        raise ConfigError(f"{name} must be a string, got {value!r}.")
-    if spec.low is not None and value < spec.low or spec.high is not None and value > spec.high:
-        raise ConfigError(f"{name} must be within [{spec.low}, {spec.high}], got {value!r}.")
-    if spec.choices is not None and value not in spec.choices:
-        raise ConfigError(f"{name} must be one of {', '.join(map(str, spec.choices))}, got {value!r}.")
-    return value
+    return check_value(spec, value)
 
 
 @dataclass(frozen=True)
@@ -172,19 +154,27 @@ class NodeSettings:
         return {name: getattr(self, attr) for name, attr in self._FIELDS.items()}
 
 
-def descriptor(spec: ParamSpec, *, fixed_hint: bool = True) -> ParameterDescriptor:
-    """A ParameterDescriptor with the spec's description, type, choices and numeric range."""
+FIXED_WHILE_CONFIGURED = "fixed while configured (params file, or a managed node's unconfigured state)"
+
+
+def descriptor(spec: ParamSpec, *, fixed_note: str | None = FIXED_WHILE_CONFIGURED,
+               read_only: bool = False) -> ParameterDescriptor:
+    """A ParameterDescriptor with the spec's description, type, choices and numeric range.
+
+    Args:
+        fixed_note: what ``additional_constraints`` says of a parameter that is not dynamic (None: nothing).
+        read_only: mark non-dynamic parameters read-only (rclpy then refuses every change).
+    """
     types = {bool: ParameterType.PARAMETER_BOOL, int: ParameterType.PARAMETER_INTEGER,
              float: ParameterType.PARAMETER_DOUBLE, str: ParameterType.PARAMETER_STRING}
     d = ParameterDescriptor(name=spec.name, type=types.get(spec.type, ParameterType.PARAMETER_NOT_SET),
-                            description=spec.description)
+                            description=spec.description, read_only=read_only and not spec.dynamic)
     notes = []
     if spec.choices is not None:
         more = " (or cuda:N)" if spec.choices_open and spec.name == "model.device" else ""
         notes.append(f"one of: {', '.join(map(str, spec.choices))}{more}")
-    if fixed_hint:
-        notes.append("changes at run time" if spec.dynamic else
-                     "fixed while configured (params file, or a managed node's unconfigured state)")
+    if fixed_note is not None:
+        notes.append("changes at run time" if spec.dynamic else fixed_note)
     d.additional_constraints = "; ".join(notes)
     if spec.low is not None and spec.high is not None:
         if spec.type is float:
@@ -193,3 +183,33 @@ def descriptor(spec: ParamSpec, *, fixed_hint: bool = True) -> ParameterDescript
         elif spec.type is int:
             d.integer_range = [IntegerRange(from_value=int(spec.low), to_value=int(spec.high), step=1)]
     return d
+
+
+def declare_specs(node: Any, specs: Iterable[ParamSpec], *, error: type[Exception] = ConfigError,
+                  known_hint: str = "", **descriptor_kw: Any) -> dict[str, Any]:
+    """Declare every spec on ``node`` (with :func:`descriptor`) and return ``{name: value}``.
+
+    An integer given for a float parameter (``-p rate:=5``, ``depth.max: 2`` in YAML) is taken as a double;
+    a wrongly typed or out-of-range override raises ``error`` naming the parameter; overrides that match no
+    spec get one warning each (a typo?), followed by ``known_hint``.
+    """
+    overrides: dict[str, Parameter] = getattr(node, "_parameter_overrides", {})
+    values: dict[str, Any] = {}
+    for spec in specs:
+        given = overrides.get(spec.name)
+        if given is not None and spec.type is float and given.type_ == Parameter.Type.INTEGER:
+            overrides[spec.name] = Parameter(spec.name, Parameter.Type.DOUBLE, float(given.value))
+        try:
+            values[spec.name] = node.declare_parameter(spec.name, spec.default,
+                                                       descriptor(spec, **descriptor_kw)).value
+        except InvalidParameterTypeException:
+            raise error(
+                f"Parameter {spec.name} must be of type {spec.type.__name__} (default {spec.default!r}), got "
+                f"{given.value if given is not None else None!r}; fix it in the params file or on the command line."
+            ) from None
+        except InvalidParameterValueException as exc:
+            raise error(f"Parameter {spec.name}: {' '.join(str(exc).split())}") from None
+    unknown = sorted(n for n in overrides if not node.has_parameter(n) and not n.startswith("qos_overrides."))
+    for name in unknown:
+        node.get_logger().warning(f"Ignoring unknown parameter '{name}' (a typo?). {known_hint}".rstrip())
+    return values

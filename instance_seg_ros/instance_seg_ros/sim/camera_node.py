@@ -53,14 +53,9 @@ from typing import Any
 import numpy as np
 import rclpy
 from rcl_interfaces.msg import (
-    FloatingPointRange,
-    IntegerRange,
-    ParameterDescriptor,
-    ParameterType,
     SetParametersResult,
 )
 from rclpy.duration import Duration
-from rclpy.exceptions import InvalidParameterTypeException, InvalidParameterValueException
 from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.node import Node
 from rclpy.parameter import Parameter
@@ -71,7 +66,7 @@ from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 
 from instance_seg_msgs.msg import InstanceArray
 
-from ..core.config import ParamSpec
+from ..core.config import ParamSpec, check_value, param_spec
 from ..core.images import encode_depth_16uc1
 from ..core.types import FrameResult, Intrinsics
 from ..ros.conversions import (
@@ -82,6 +77,7 @@ from ..ros.conversions import (
     instance_array_msg,
     stamp_from_ns,
 )
+from ..ros.params import declare_specs
 from ..ros.qos import describe, output_qos
 from .scene import Camera, Scene, SceneConfig, SceneError, SensorNoise, d435_intrinsics
 
@@ -111,10 +107,7 @@ class SimCameraError(ValueError):
     """A sim_camera_node parameter is invalid; the message says which and what is allowed."""
 
 
-def _spec(name: str, default: Any, description: str, *, choices: tuple[Any, ...] | None = None,
-          low: float | None = None, high: float | None = None, dynamic: bool = False) -> ParamSpec:
-    return ParamSpec(name=name, default=default, type=type(default), description=description, choices=choices,
-                     low=low, high=high, dynamic=dynamic, choices_open=False)
+_spec = param_spec
 
 
 #: every parameter of the node (besides ``use_sim_time``), in declaration order; ``dynamic`` ones change at run time
@@ -156,29 +149,6 @@ _SPECS_BY_NAME = {s.name: s for s in SPECS}
 _FIELD = {s.name: s.name.replace(".", "_") for s in SPECS}  # dotted parameter name -> settings attribute
 
 
-def _check_value(spec: ParamSpec, value: Any) -> Any:
-    """``value`` checked against ``spec`` (ints widened to float for float parameters)."""
-    t = spec.type
-    if t is bool:
-        if not isinstance(value, bool):
-            raise SimCameraError(f"{spec.name} must be true or false, got {value!r}.")
-    elif t is int:
-        if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-            raise SimCameraError(f"{spec.name} must be an integer, got {value!r}.")
-        value = int(value)
-    elif t is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float, np.number)) or not math.isfinite(value):
-            raise SimCameraError(f"{spec.name} must be a finite number, got {value!r}.")
-        value = float(value)
-    elif t is str and not isinstance(value, str):
-        raise SimCameraError(f"{spec.name} must be a string, got {value!r}.")
-    if (spec.low is not None and value < spec.low) or (spec.high is not None and value > spec.high):
-        raise SimCameraError(f"{spec.name} must be within [{spec.low}, {spec.high}], got {value!r}.")
-    if spec.choices is not None and value not in spec.choices:
-        raise SimCameraError(f"{spec.name} must be one of {', '.join(map(str, spec.choices))}, got {value!r}.")
-    return value
-
-
 @dataclass(frozen=True)
 class SimCameraSettings:
     """The node's parameters, validated (see :data:`SPECS` for their meaning; ``qos.*`` become ``qos_*``).
@@ -209,7 +179,7 @@ class SimCameraSettings:
 
     def __post_init__(self) -> None:
         for name, attr in _FIELD.items():
-            object.__setattr__(self, attr, _check_value(_SPECS_BY_NAME[name], getattr(self, attr)))
+            object.__setattr__(self, attr, check_value(_SPECS_BY_NAME[name], getattr(self, attr), SimCameraError))
         if self.min_objects > self.max_objects:
             raise SimCameraError(f"min_objects ({self.min_objects}) must not exceed max_objects ({self.max_objects}).")
         if not self.frame_id.strip():
@@ -393,23 +363,6 @@ class SimCameraSource:
 
 
 # ---------------------------------------------------------------------------------------- the node
-def _descriptor(spec: ParamSpec) -> ParameterDescriptor:
-    types = {bool: ParameterType.PARAMETER_BOOL, int: ParameterType.PARAMETER_INTEGER,
-             float: ParameterType.PARAMETER_DOUBLE, str: ParameterType.PARAMETER_STRING}
-    d = ParameterDescriptor(name=spec.name, type=types[spec.type], description=spec.description,
-                            read_only=not spec.dynamic)
-    notes = [f"one of: {', '.join(map(str, spec.choices))}"] if spec.choices is not None else []
-    notes.append("changes at run time" if spec.dynamic else "read-only: set it at start-up")
-    d.additional_constraints = "; ".join(notes)
-    if spec.low is not None and spec.high is not None:
-        if spec.type is float:
-            d.floating_point_range = [FloatingPointRange(from_value=float(spec.low), to_value=float(spec.high),
-                                                         step=0.0)]
-        else:
-            d.integer_range = [IntegerRange(from_value=int(spec.low), to_value=int(spec.high), step=1)]
-    return d
-
-
 def _one_line(exc: BaseException) -> str:
     return " ".join(str(exc).split())
 
@@ -466,26 +419,8 @@ class SimCameraNode(Node):
 
     # ------------------------------------------------------------------ parameters
     def _declare_parameters(self) -> SimCameraSettings:
-        overrides: dict[str, Parameter] = getattr(self, "_parameter_overrides", {})
-        values: dict[str, Any] = {}
-        for spec in SPECS:
-            given = overrides.get(spec.name)
-            if given is not None and spec.type is float and given.type_ == Parameter.Type.INTEGER:
-                # `-p rate:=5` arrives as an integer; a float parameter takes it as 5.0
-                overrides[spec.name] = Parameter(spec.name, Parameter.Type.DOUBLE, float(given.value))
-            try:
-                values[spec.name] = self.declare_parameter(spec.name, spec.default, _descriptor(spec)).value
-            except InvalidParameterTypeException:
-                raise SimCameraError(
-                    f"Parameter {spec.name} must be of type {spec.type.__name__} (default {spec.default!r}), got "
-                    f"{given.value if given is not None else None!r}; fix it in the params file or on the command "
-                    "line.") from None
-            except InvalidParameterValueException as exc:
-                raise SimCameraError(f"Parameter {spec.name}: {_one_line(exc)}") from None
-        unknown = sorted(n for n in overrides if not self.has_parameter(n) and not n.startswith("qos_overrides."))
-        for name in unknown:
-            self.get_logger().warning(f"Ignoring unknown parameter '{name}' (a typo?). Known parameters: "
-                                      f"{', '.join(_FIELD)}, use_sim_time.")
+        values = declare_specs(self, SPECS, error=SimCameraError, fixed_note="read-only: set it at start-up",
+                               read_only=True, known_hint=f"Known parameters: {', '.join(_FIELD)}, use_sim_time.")
         return SimCameraSettings.from_flat(values)
 
     def _validate_parameters(self, params: list[Parameter]) -> SetParametersResult:
