@@ -3,13 +3,16 @@ set parameters and trigger lifecycle transitions (bounded waits everywhere)."""
 
 from __future__ import annotations
 
+import contextlib
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from ros_helpers import PKG_DIR, RosTestContext
+import pytest
+from ros_helpers import PKG_DIR, ProcessGroup, RosTestContext
 
 WIDTH, HEIGHT = 160, 120
 FRAME_ID = "camera_color_optical_frame"
@@ -22,6 +25,34 @@ def node_command(*extra: str, params_file: str = UNTRAINED, cli: tuple[str, ...]
     """``python -m instance_seg_ros.ros.node [cli] --ros-args --params-file <file> [extra]``."""
     return [sys.executable, "-m", "instance_seg_ros.ros.node", *cli, "--ros-args", "--params-file", params_file,
             *extra]
+
+
+@contextlib.contextmanager
+def running_node(test_name: str, *ros_args: str, cli: tuple[str, ...] = (), log_name: str = "instance_seg_node",
+                 ready: str = "connected", timeout: float = 90.0, markers: bool = True,
+                 debug: bool = True) -> Iterator[tuple[NodeHarness, Any, ProcessGroup]]:
+    """Start ``instance_seg_node`` (:func:`node_command` with ``ros_args``) and a harness in its own context; yield
+    ``(harness, process, group)`` once the node is ``ready`` (``connected``: active and matched with the harness;
+    ``unconfigured``: a managed node waiting). The context and the process are always torn down."""
+    group = ProcessGroup()
+    ctx = RosTestContext(test_name)
+    try:
+        proc = group.start(node_command(*ros_args, cli=cli), log_name=log_name)
+        h = NodeHarness(ctx, markers=markers, debug=debug)
+        if ready == "connected":
+            up = h.wait_connected(timeout)
+        else:
+            up = ctx.spin_until(lambda: h.diag_value("state") == ready, timeout)
+        if not up:
+            pytest.fail(f"node did not come up ({ready}); alive={proc.poll() is None}; log:\n{group.log(proc)}")
+        yield h, proc, group
+    finally:
+        ctx.shutdown()
+        group.stop_all()
+
+
+def assert_alive(proc: Any, group: ProcessGroup) -> None:
+    assert proc.poll() is None, f"node died; log:\n{group.log(proc)}"
 
 
 def scene(width: int = WIDTH, height: int = HEIGHT) -> tuple[np.ndarray, np.ndarray]:

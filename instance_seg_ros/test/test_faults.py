@@ -17,8 +17,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from node_harness import UNTRAINED, NodeHarness, node_command
-from ros_helpers import PKG_DIR, ProcessGroup, RosTestContext
+from node_harness import UNTRAINED, NodeHarness, assert_alive, node_command, running_node
+from ros_helpers import PKG_DIR
 
 pytestmark = [pytest.mark.ros, pytest.mark.slow]
 
@@ -209,23 +209,13 @@ def test_cuda_oom_in_the_node_skips_the_frame_and_keeps_running(ros):
 @pytest.fixture(scope="module")
 def node():
     """``(harness, process, group)``: the node with reliable inputs, so 320x240 frames cross processes."""
-    group = ProcessGroup()
-    ctx = RosTestContext("isr_faults_test")
-    try:
-        proc = group.start(node_command("-p", "qos.input_reliability:=reliable", "-p", "sync.max_age:=0.5",
-                                        "-p", "diagnostics.warn_throttle:=2.0", "-p", "diagnostics.stale_timeout:=2.0"),
-                           log_name="isr_node_faults")
-        h = NodeHarness(ctx, markers=False, debug=False)
-        if not h.wait_connected(120.0):
-            pytest.fail(f"node did not come up; alive={proc.poll() is None}; log:\n{group.log(proc)}")
-        yield h, proc, group
-    finally:
-        ctx.shutdown()
-        group.stop_all()
+    with running_node("isr_faults_test", "-p", "qos.input_reliability:=reliable", "-p", "sync.max_age:=0.5",
+                      "-p", "diagnostics.warn_throttle:=2.0", "-p", "diagnostics.stale_timeout:=2.0",
+                      log_name="isr_node_faults", timeout=120.0, markers=False, debug=False) as n:
+        yield n
 
 
-def _alive(proc, group):
-    assert proc.poll() is None, f"node died; log:\n{group.log(proc)}"
+_alive = assert_alive
 
 
 def test_camera_info_that_never_arrives(node):

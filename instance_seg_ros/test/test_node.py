@@ -9,8 +9,7 @@ import time
 
 import numpy as np
 import pytest
-from node_harness import FRAME_ID, HEIGHT, WIDTH, NodeHarness, node_command
-from ros_helpers import ProcessGroup, RosTestContext
+from node_harness import FRAME_ID, HEIGHT, WIDTH, assert_alive, running_node
 
 pytestmark = [pytest.mark.ros, pytest.mark.slow]
 
@@ -18,21 +17,11 @@ pytestmark = [pytest.mark.ros, pytest.mark.slow]
 @pytest.fixture(scope="module")
 def node():
     """``(harness, process, process_group)`` with the node active and connected."""
-    group = ProcessGroup()
-    ctx = RosTestContext("isr_node_test")
-    try:
-        proc = group.start(node_command("-p", "sync.max_age:=0.5"), log_name="instance_seg_node")
-        h = NodeHarness(ctx)
-        if not h.wait_connected(90.0):
-            pytest.fail(f"node did not come up; alive={proc.poll() is None}; log:\n{group.log(proc)}")
-        yield h, proc, group
-    finally:
-        ctx.shutdown()
-        group.stop_all()
+    with running_node("isr_node_test", "-p", "sync.max_age:=0.5") as n:
+        yield n
 
 
-def _alive(proc, group):
-    assert proc.poll() is None, f"node died; log:\n{group.log(proc)}"
+_alive = assert_alive
 
 
 def _check_instances(msg, stamp_ns, h):

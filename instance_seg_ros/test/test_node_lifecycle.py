@@ -9,30 +9,29 @@ from __future__ import annotations
 import time
 
 import pytest
-from node_harness import FRAME_ID, HEIGHT, UNTRAINED, WIDTH, NodeHarness, node_command
-from ros_helpers import ProcessGroup, RosTestContext
+from node_harness import (
+    FRAME_ID,
+    HEIGHT,
+    UNTRAINED,
+    WIDTH,
+    NodeHarness,
+    assert_alive,
+    node_command,
+    running_node,
+)
 
 pytestmark = [pytest.mark.ros, pytest.mark.slow]
 
 
 @pytest.fixture(scope="module")
 def managed():
-    group = ProcessGroup()
-    ctx = RosTestContext("isr_lifecycle_test")
-    try:
-        proc = group.start(node_command("-p", "input.compressed:=true", cli=("--managed",)),
-                           log_name="instance_seg_node_managed")
-        h = NodeHarness(ctx, markers=False, debug=False)
-        if not ctx.spin_until(lambda: h.diag_value("state") == "unconfigured", 60.0):
-            pytest.fail(f"managed node did not come up; log:\n{group.log(proc)}")
-        yield h, proc, group
-    finally:
-        ctx.shutdown()
-        group.stop_all()
+    with running_node("isr_lifecycle_test", "-p", "input.compressed:=true", cli=("--managed",),
+                      log_name="instance_seg_node_managed", ready="unconfigured", timeout=60.0, markers=False,
+                      debug=False) as n:
+        yield n
 
 
-def _alive(proc, group):
-    assert proc.poll() is None, f"node died; log:\n{group.log(proc)}"
+_alive = assert_alive
 
 
 def test_managed_node_waits_unconfigured(managed):
