@@ -385,30 +385,20 @@ def _field(msg: Any, name: str, what: str) -> Any:
         raise FrameError(f"{what} message of type {type(msg).__name__} has no field '{name}'.") from None
 
 
+def _image_fields(msg: Any, what: str) -> tuple[Any, ...]:
+    """``(encoding, height, width, step, data, is_bigendian)`` of a sensor_msgs/Image, or a clear FrameError."""
+    fields = tuple(_field(msg, name, what) for name in ("encoding", "height", "width", "step", "data"))
+    return (*fields, bool(getattr(msg, "is_bigendian", False)))
+
+
 def color_from_msg(msg: Any, **limits: Any) -> np.ndarray:
     """:func:`decode_color` of a sensor_msgs/Image (rclpy or rosbags; any object with the fields)."""
-    return decode_color(
-        _field(msg, "encoding", "color image"),
-        _field(msg, "height", "color image"),
-        _field(msg, "width", "color image"),
-        _field(msg, "step", "color image"),
-        _field(msg, "data", "color image"),
-        bool(getattr(msg, "is_bigendian", False)),
-        **limits,
-    )
+    return decode_color(*_image_fields(msg, "color image"), **limits)
 
 
 def depth_from_msg(msg: Any, **limits: Any) -> np.ndarray:
     """:func:`decode_depth` of a sensor_msgs/Image (keywords: scale_16uc1, max_width, max_height)."""
-    return decode_depth(
-        _field(msg, "encoding", "depth image"),
-        _field(msg, "height", "depth image"),
-        _field(msg, "width", "depth image"),
-        _field(msg, "step", "depth image"),
-        _field(msg, "data", "depth image"),
-        bool(getattr(msg, "is_bigendian", False)),
-        **limits,
-    )
+    return decode_depth(*_image_fields(msg, "depth image"), **limits)
 
 
 def color_from_compressed_msg(msg: Any, **limits: Any) -> np.ndarray:
