@@ -29,6 +29,7 @@ MODULE_TO_KEY = {
     "pybullet": "python3-pybullet-pip",
     "pybullet_data": "python3-pybullet-pip",
     "rosbags": "python3-rosbags-pip",
+    "safetensors": "python3-safetensors-pip",
     "setuptools": "python3-setuptools",
 }
 # ROS packages whose Python module has the package's own name.

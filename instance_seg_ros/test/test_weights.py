@@ -1,4 +1,5 @@
-"""Weights: checkpoint round trips, fp16 shipping files, refusal of anything that is not ours, load_model specs."""
+"""Weights: checkpoint round trips, fp16 shipping files, safetensors files, refusal of anything that is not ours,
+load_model specs, ``isr weights``."""
 
 from __future__ import annotations
 
@@ -23,7 +24,12 @@ from instance_seg_ros.core.model import (
     save_checkpoint,
     save_weights,
 )
-from instance_seg_ros.core.model.weights import coco_to_amodal_state_dict
+from instance_seg_ros.core.model.weights import (
+    VERSION,
+    coco_to_amodal_state_dict,
+    save_state_dict,
+    weights_file_kind,
+)
 
 H, W = 96, 128
 
@@ -237,3 +243,230 @@ def test_coco_state_dict_conversion():
     assert torch.equal(sd["roi_heads.amodal_mask_head.0.0.weight"], sd["roi_heads.mask_head.0.0.weight"])
     assert torch.equal(sd["roi_heads.amodal_mask_predictor.mask_fcn_logits.weight"],
                        sd["roi_heads.mask_predictor.mask_fcn_logits.weight"])
+
+
+# ---------------------------------------------------------------------------------------- safetensors
+def _same_bits(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
+    from instance_seg_ros.tools.weights_tool import state_differences
+
+    return not state_differences(a, b)
+
+
+@pytest.mark.parametrize("half", [True, False])
+def test_safetensors_round_trip_and_load_model(trained_like, tmp_path, half):
+    model, meta = trained_like
+    pt = save_weights(tmp_path / "w.pt", model, meta, half=half)
+    st = save_weights(tmp_path / "w.safetensors", model, meta, half=half)
+    assert weights_file_kind(pt) == "torch-zip" and weights_file_kind(st) == "safetensors"
+    assert st.read_bytes()[8:9] == b"{" and not list(tmp_path.glob("*.tmp"))  # atomic: no temp file left
+    s_pt, m_pt, _ = load_checkpoint(pt)
+    s_st, m_st, extra = load_checkpoint(st)
+    assert extra == {} and m_st == m_pt == meta
+    assert _same_bits(s_pt, s_st)
+    assert (s_st["roi_heads.box_head.fc6.weight"].dtype == torch.float16) is half
+    loaded, meta2 = load_model(str(st))
+    assert meta2 == meta and not loaded.training
+    assert all(p.dtype == torch.float32 for p in loaded.parameters())  # fp16 comes back as fp32, as for .pt
+    got, ref = _outputs(loaded), _outputs(load_model(str(pt))[0])
+    assert len(ref["boxes"]) > 0
+    for k in ("boxes", "labels", "scores", "masks", "amodal_masks", "occlusion"):
+        assert torch.equal(ref[k], got[k]), k
+    if not half:
+        assert torch.equal(_outputs(model)["boxes"], got["boxes"])
+
+
+def test_safetensors_metadata_is_str_json(trained_like, tmp_path):
+    from safetensors import safe_open
+
+    model, meta = trained_like
+    st = save_weights(tmp_path / "w.safetensors", model, meta)
+    with safe_open(str(st), framework="pt", device="cpu") as f:
+        md = f.metadata()
+    assert md["format"] == FORMAT and md["version"] == str(VERSION)
+    assert ModelMeta.from_dict(json.loads(md["meta"])) == meta
+
+
+def test_safetensors_save_handles_shared_and_strided_tensors(trained_like, tmp_path):
+    _, meta = trained_like
+    base = torch.arange(12, dtype=torch.float32).reshape(3, 4)
+    state = {"a": base, "tied": base, "row": base[1], "t": base.t(), "nan": torch.tensor([float("nan"), -0.0]),
+             "empty": torch.zeros(0), "n": torch.tensor(7)}
+    p = save_state_dict(tmp_path / "s.safetensors", state, meta)
+    back, _, _ = load_checkpoint(p)
+    assert _same_bits(state, back)
+    assert back["a"].untyped_storage().data_ptr() != back["tied"].untyped_storage().data_ptr()
+    with pytest.raises(WeightsError, match="JSON"):
+        save_state_dict(tmp_path / "m.safetensors", state, ModelMeta.from_dict({**meta.to_dict(),
+                                                                                "metrics": {"x": torch.ones(1)}}))
+    assert not (tmp_path / "m.safetensors").exists()
+    with pytest.raises(WeightsError, match="maps str to tensors"):
+        save_state_dict(tmp_path / "x.pt", {"a": 1}, meta)
+
+
+def test_training_checkpoint_stays_pt(trained_like, tmp_path):
+    model, meta = trained_like
+    with pytest.raises(WeightsError, match="save_weights"):
+        save_checkpoint(tmp_path / "ckpt.safetensors", model, meta, epoch=1)
+    assert not list(tmp_path.iterdir())
+
+
+def test_container_is_decided_by_content(trained_like, tmp_path):
+    model, meta = trained_like
+    st = save_weights(tmp_path / "w.safetensors", model, meta)
+    as_pt = tmp_path / "really_safetensors.pt"
+    as_pt.write_bytes(st.read_bytes())
+    state, m, _ = load_checkpoint(as_pt)  # safetensors named .pt: read as safetensors (no pickle)
+    assert m == meta and _same_bits(state, load_checkpoint(st)[0])
+    pt = save_weights(tmp_path / "w.pt", model, meta)
+    as_st = tmp_path / "really_pt.safetensors"
+    as_st.write_bytes(pt.read_bytes())
+    with pytest.raises(WeightsError, match=r"really_pt.safetensors is named .safetensors but holds a torch zip"):
+        load_checkpoint(as_st)  # a .safetensors name promises no pickle: never handed to torch.load
+    link = tmp_path / "link.safetensors"
+    link.symlink_to(pt)
+    with pytest.raises(WeightsError, match="never unpickled"):
+        load_checkpoint(link)
+
+
+def _bad_safetensors(tmp_path: Path, kind: str, trained_like) -> Path:
+    from safetensors.torch import save_file
+
+    model, meta = trained_like
+    p = tmp_path / f"{kind}.safetensors"
+    tensors = {"w": torch.zeros(4)}
+    ours = {"format": FORMAT, "version": str(VERSION), "meta": json.dumps(meta.to_dict())}
+    if kind == "foreign":
+        save_file(tensors, p)
+    elif kind == "foreign_metadata":
+        save_file(tensors, p, metadata={"format": "pt"})
+    elif kind in ("truncated_data", "truncated_header"):
+        good = save_weights(tmp_path / "good.safetensors", model, meta).read_bytes()
+        n = int.from_bytes(good[:8], "little")
+        p.write_bytes(good[: len(good) // 2] if kind == "truncated_data" else good[: 8 + n // 2])
+    elif kind == "huge_header":
+        p.write_bytes((2**40).to_bytes(8, "little") + b'{"__metadata__":{}}')
+    elif kind == "bad_header_json":
+        p.write_bytes((20).to_bytes(8, "little") + b"{not json at all!!!}" + bytes(16))
+    elif kind == "wrong_format":
+        save_file(tensors, p, metadata={**ours, "format": "someone/else"})
+    elif kind in ("version_99", "version_text", "version_0"):
+        save_file(tensors, p, metadata={**ours, "version": {"version_99": "99", "version_text": "one",
+                                                            "version_0": "0"}[kind]})
+    elif kind == "no_meta":
+        save_file(tensors, p, metadata={k: v for k, v in ours.items() if k != "meta"})
+    elif kind == "meta_not_json":
+        save_file(tensors, p, metadata={**ours, "meta": "{classes: nope"})
+    elif kind == "meta_invalid":
+        save_file(tensors, p, metadata={**ours, "meta": json.dumps({"classes": ["x"]})})
+    elif kind == "no_tensors":
+        save_file({}, p, metadata=ours)
+    elif kind == "random_bytes":
+        p.write_bytes(np.random.default_rng(1).bytes(4096))
+    elif kind == "empty_file":
+        p.write_bytes(b"")
+    return p
+
+
+@pytest.mark.parametrize(
+    "kind, reason",
+    [("foreign", "not an instance_seg_ros weights file.*isr weights convert"),
+     ("foreign_metadata", "not an instance_seg_ros weights file"), ("truncated_data", "not a loadable safetensors"),
+     ("truncated_header", "truncated"), ("huge_header", "header declares 1099511627776 bytes"),
+     ("bad_header_json", "not a loadable safetensors"), ("wrong_format", "'someone/else'"),
+     ("version_99", "version 99"), ("version_text", "'version' must be a positive integer"),
+     ("version_0", "positive integer"), ("no_meta", "no 'meta'"), ("meta_not_json", "not valid JSON"),
+     ("meta_invalid", "classes"), ("no_tensors", "no tensors"), ("random_bytes", "no safetensors header"),
+     ("empty_file", "no safetensors header")],
+)
+def test_bad_safetensors_file_is_refused(kind, reason, tmp_path, trained_like, monkeypatch):
+    p = _bad_safetensors(tmp_path, kind, trained_like)
+
+    def no_torch_load(*a, **k):
+        raise AssertionError("torch.load called for a .safetensors file")
+
+    monkeypatch.setattr(torch, "load", no_torch_load)
+    with pytest.raises(WeightsError, match=reason) as err:
+        load_checkpoint(p)
+    assert p.name in str(err.value)
+    with pytest.raises(WeightsError):
+        load_model(str(p))
+
+
+def test_loading_safetensors_never_calls_torch_load_or_pickle(trained_like, tmp_path, monkeypatch):
+    model, meta = trained_like
+    st = save_weights(tmp_path / "w.safetensors", model, meta)
+    calls = []
+
+    def forbidden(name):
+        def f(*a, **k):
+            calls.append(name)
+            raise AssertionError(f"{name} called while loading safetensors")
+        return f
+
+    monkeypatch.setattr(torch, "load", forbidden("torch.load"))
+    monkeypatch.setattr(pickle, "load", forbidden("pickle.load"))
+    monkeypatch.setattr(pickle, "loads", forbidden("pickle.loads"))
+    monkeypatch.setattr(pickle, "Unpickler", forbidden("pickle.Unpickler"))
+    _, m = load_model(str(st))
+    assert m == meta and not calls
+
+
+def test_isr_weights_info_and_convert(trained_like, tmp_path, capsys):
+    from instance_seg_ros.tools.cli import SUBCOMMANDS
+    from instance_seg_ros.tools.weights_tool import main
+
+    assert SUBCOMMANDS["weights"][0] == "instance_seg_ros.tools.weights_tool"
+    model, meta = trained_like
+    ckpt = save_checkpoint(tmp_path / "ckpt.pt", model, meta, epoch=3)
+    st, back = tmp_path / "w.safetensors", tmp_path / "back.pt"
+    assert main(["convert", str(ckpt), str(st)]) == 0
+    out, err = capsys.readouterr()
+    assert "bit-identical" in out and "epoch" in err  # training state is not carried over, and says so
+    assert main(["convert", str(st), str(back)]) == 0
+    capsys.readouterr()
+    assert _same_bits(load_checkpoint(ckpt)[0], load_checkpoint(back)[0])
+    assert load_checkpoint(back)[1] == meta and load_checkpoint(back)[2] == {}
+
+    before = st.read_bytes()
+    assert main(["convert", str(back), str(st)]) == 2  # no overwrite without --force
+    out, err = capsys.readouterr()
+    assert "--force" in err and len(err.strip().splitlines()) == 1 and st.read_bytes() == before
+    assert main(["convert", str(back), str(st), "--force"]) == 0
+    assert main(["convert", str(st), str(st), "--force"]) == 2
+    assert main(["convert", str(back), str(tmp_path / "w.bin")]) == 2
+    capsys.readouterr()
+
+    assert main(["info", str(st)]) == 0
+    out, _ = capsys.readouterr()
+    for s in ("safetensors (no pickle)", "mobilenet_v3_large_fpn", "3: __background__, box, can", "unit test",
+              "mask_ap 0.5", "float32", "parameters"):
+        assert s in out, s
+    assert main(["info", "--json", str(ckpt)]) == 0
+    d = json.loads(capsys.readouterr().out)
+    assert d["container"] == "torch-zip" and d["extra_keys"] == ["epoch"] and d["meta"]["classes"][1] == "box"
+    assert d["parameters"] == sum(p.numel() for p in model.parameters())
+    assert d["dtypes"]["float32"]["tensors"] > 0
+
+    bad = tmp_path / "bad.safetensors"
+    bad.write_bytes(b"\x00" * 100)
+    for argv in (["info", str(bad)], ["info", str(tmp_path / "missing.pt")], ["convert", str(bad), str(back)], []):
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err
+        assert len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
+
+
+@pytest.mark.skipif(not BUNDLED_WEIGHTS.is_file(), reason="no bundled model in this checkout")
+def test_bundled_model_converted_to_safetensors_gives_identical_outputs(tmp_path, capsys):
+    from instance_seg_ros.tools.weights_tool import main
+
+    st = tmp_path / "amodal_maskrcnn.safetensors"
+    assert main(["convert", str(BUNDLED_WEIGHTS), str(st)]) == 0
+    capsys.readouterr()
+    s_pt, m_pt, _ = load_checkpoint(BUNDLED_WEIGHTS)
+    s_st, m_st, _ = load_checkpoint(st)
+    assert m_st == m_pt and _same_bits(s_pt, s_st)
+    a, _ = load_model("bundled")
+    b, _ = load_model(str(st))
+    ra, rb = _outputs(a), _outputs(b)
+    for k in ("boxes", "labels", "scores", "masks", "amodal_masks", "occlusion"):
+        assert torch.equal(ra[k], rb[k]), k

@@ -20,6 +20,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "bench": ("instance_seg_ros.tools.bench", "benchmark the pipeline against a naive baseline"),
     "demo": ("instance_seg_ros.tools.demo", "run the simulated camera and the node, and report what was found"),
     "soak": ("instance_seg_ros.tools.soak", "run the node for a long time under load and watch memory, fds, latency"),
+    "weights": ("instance_seg_ros.tools.weights_tool", "inspect a weights file; convert .pt <-> .safetensors"),
 }
 
 

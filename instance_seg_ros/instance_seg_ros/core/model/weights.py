@@ -13,12 +13,23 @@ plain containers, never arbitrary pickled objects, and there is no fallback. Any
 of an object, random bytes, a truncated file, a dict without our format key, a directory) is refused
 with :class:`WeightsError` naming the path and the reason.
 
+The same content can live in a **safetensors** file (``save_weights`` to a path ending in
+``.safetensors``, or ``isr weights convert``), which holds no pickle at all: the state dict's tensors,
+and the header's string metadata ``{"format": FORMAT, "version": "1", "meta": json.dumps(meta)}``.
+Training checkpoints (optimizer state ...) stay ``.pt``. :func:`load_checkpoint` decides by content
+(:func:`weights_file_kind`: a safetensors file starts with an 8-byte little-endian header length and a
+JSON header ``{...``, a torch zip with ``PK``), so a safetensors file named ``.pt`` still loads without
+pickle, while a file named ``.safetensors`` that is not one is refused, never handed to ``torch.load``.
+A safetensors header over :data:`MAX_SAFETENSORS_HEADER` bytes is refused before it is parsed.
+
 The shipped model (``save_weights(..., half=True)``) stores floating tensors as fp16 (normalization
-statistics and anything outside the fp16 range stay fp32); loading converts back to fp32.
+statistics and anything outside the fp16 range stay fp32); loading keeps the stored dtypes and
+building the model (:func:`model_from_state`, used by :func:`load_model` for both containers) converts
+them back to the model's fp32.
 
 ``load_model(spec)`` specs: ``none`` (untrained), ``bundled`` (``instance_seg_ros/weights/
 amodal_maskrcnn.pt`` inside the package), ``coco`` (torchvision's COCO Mask R-CNN, needs a
-download) or a path to a checkpoint.
+download) or a path to a checkpoint (``.pt`` or ``.safetensors``).
 """
 
 from __future__ import annotations
@@ -26,14 +37,18 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import datetime as _dt
+import json
 import logging
 import os
+import re
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import safetensors
+import safetensors.torch
 import torch
 from torch import nn
 
@@ -44,6 +59,8 @@ from .inputs import DEPTH_MAX_M, DEPTH_MEAN, DEPTH_STD, INPUT_MODES
 __all__ = [
     "BUNDLED_WEIGHTS",
     "FORMAT",
+    "MAX_SAFETENSORS_HEADER",
+    "SAFETENSORS_SUFFIX",
     "VERSION",
     "ModelMeta",
     "WeightsError",
@@ -51,8 +68,11 @@ __all__ = [
     "default_classes",
     "load_checkpoint",
     "load_model",
+    "model_from_state",
     "save_checkpoint",
+    "save_state_dict",
     "save_weights",
+    "weights_file_kind",
 ]
 
 FORMAT = "instance_seg_ros/amodal_maskrcnn"
@@ -61,6 +81,10 @@ VERSION = 1
 BUNDLED_WEIGHTS = Path(__file__).resolve().parent.parent.parent / "weights" / "amodal_maskrcnn.pt"
 #: weights="none" builds the untrained model from this torch seed, so that it is the same in every run
 UNTRAINED_SEED = 0
+#: a path with this suffix is written as safetensors and must hold safetensors when read
+SAFETENSORS_SUFFIX = ".safetensors"
+#: safetensors headers longer than this are refused before parsing (the safetensors library caps at the same size)
+MAX_SAFETENSORS_HEADER = 100_000_000
 _FP16_MAX = 65504.0
 _KEEP_FP32_SUFFIXES = ("running_mean", "running_var")
 
@@ -238,15 +262,22 @@ def _plain(obj: Any, where: str) -> Any:
 
 
 # --------------------------------------------------------------------------- save
-def _atomic_save(obj: dict[str, Any], path: str | os.PathLike) -> Path:
+def _is_safetensors_path(path: str | os.PathLike) -> bool:
+    return Path(path).suffix.lower() == SAFETENSORS_SUFFIX
+
+
+def _atomic_write(path: str | os.PathLike, write: Callable[[str], Any]) -> Path:
+    """``write(tmp)`` to a temporary file next to ``path``, then ``os.replace`` it onto ``path``."""
     p = Path(path).expanduser()
     if p.is_dir():
-        raise WeightsError(f"Cannot save weights to {p}: it is a directory; pass a file path ending in .pt.")
+        raise WeightsError(
+            f"Cannot save weights to {p}: it is a directory; pass a file path ending in .pt or {SAFETENSORS_SUFFIX}."
+        )
     p.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=p.name + ".", suffix=".tmp", dir=p.parent)
     os.close(fd)
     try:
-        torch.save(obj, tmp)
+        write(tmp)
         os.replace(tmp, p)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -254,9 +285,71 @@ def _atomic_save(obj: dict[str, Any], path: str | os.PathLike) -> Path:
     return p
 
 
+def _atomic_save(obj: dict[str, Any], path: str | os.PathLike) -> Path:
+    return _atomic_write(path, lambda tmp: torch.save(obj, tmp))
+
+
+def _safetensors_metadata(meta: ModelMeta) -> dict[str, str]:
+    """The header metadata of our safetensors files (str -> str, as safetensors requires)."""
+    try:
+        meta_json = json.dumps(meta.to_dict())
+    except (TypeError, ValueError) as exc:
+        raise WeightsError(
+            f"meta cannot be stored in a safetensors file, whose metadata is JSON text ({exc}); keep meta to "
+            "str, numbers, lists and dicts, or save to a .pt path."
+        ) from exc
+    return {"format": FORMAT, "version": str(VERSION), "meta": meta_json}
+
+
+def _safetensors_tensors(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """CPU, contiguous tensors of which no two share storage (safetensors refuses shared tensors: tied
+    weights or views of one buffer are written as separate copies)."""
+    out: dict[str, torch.Tensor] = {}
+    seen: set[int] = set()
+    for k, v in state.items():
+        v = v.detach().cpu().contiguous()
+        ptr = v.untyped_storage().data_ptr()
+        if ptr and v.numel():
+            if ptr in seen:
+                v = v.clone()
+                ptr = v.untyped_storage().data_ptr()
+            seen.add(ptr)
+        out[k] = v
+    return out
+
+
+def save_state_dict(path: str | os.PathLike, state: dict[str, torch.Tensor], meta: ModelMeta) -> Path:
+    """Write ``state`` (str -> tensor; dtypes kept as they are) with ``meta`` as a weights file, written
+    atomically (temporary file in the same directory + ``os.replace``); returns the path.
+
+    A path ending in ``.safetensors`` gives a safetensors file (no pickle; metadata ``format``, ``version``,
+    ``meta`` = JSON of :meth:`ModelMeta.to_dict`), any other path our ``torch.save`` dict (no extras).
+    """
+    if not isinstance(meta, ModelMeta):
+        raise WeightsError(f"meta must be a ModelMeta, got {type(meta).__name__}.")
+    if not isinstance(state, dict) or not state:
+        raise WeightsError(f"state must be a non-empty dict of tensors, got {type(state).__name__} {state!r:.80}.")
+    for k, v in state.items():
+        if not isinstance(k, str) or not isinstance(v, torch.Tensor):
+            raise WeightsError(f"state entry {k!r} is a {type(v).__name__}; a state dict maps str to tensors.")
+    if _is_safetensors_path(path):
+        tensors = _safetensors_tensors(state)
+        metadata = _safetensors_metadata(meta)
+        return _atomic_write(path, lambda tmp: safetensors.torch.save_file(tensors, tmp, metadata=metadata))
+    state = {k: v.detach().cpu() for k, v in state.items()}
+    return _atomic_save({"format": FORMAT, "version": VERSION, "meta": meta.to_dict(), "model": state}, path)
+
+
 def save_checkpoint(path: str | os.PathLike, model: nn.Module, meta: ModelMeta, **extra: Any) -> Path:
     """Write a full-precision checkpoint (training: pass ``optimizer=opt.state_dict()``,
-    ``lr_scheduler=...``, ``args=...``, ``epoch=...``). Written atomically; returns the path."""
+    ``lr_scheduler=...``, ``args=...``, ``epoch=...``). Written atomically; returns the path.
+    Always our ``torch.save`` format: a ``.safetensors`` path is refused (use :func:`save_weights`)."""
+    if _is_safetensors_path(path):
+        raise WeightsError(
+            f"Cannot write a training checkpoint to {path}: safetensors holds tensors only, not optimizer state "
+            "or arguments. Save training checkpoints as .pt, and weights for shipping with "
+            "save_weights(path.safetensors, model, meta) (or `isr weights convert`)."
+        )
     if not isinstance(meta, ModelMeta):
         raise WeightsError(f"meta must be a ModelMeta, got {type(meta).__name__}.")
     reserved = {"format", "version", "meta", "model"} & set(extra)
@@ -284,34 +377,75 @@ def _half_state_dict(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 
 def save_weights(path: str | os.PathLike, model: nn.Module, meta: ModelMeta, half: bool = True) -> Path:
-    """Write a shipping file (no optimizer state): fp16 floating tensors when ``half``."""
+    """Write a shipping file (no optimizer state): fp16 floating tensors when ``half``. A path ending in
+    ``.safetensors`` gives a safetensors file, any other our ``torch.save`` format (see :func:`save_state_dict`)."""
     if not isinstance(meta, ModelMeta):
         raise WeightsError(f"meta must be a ModelMeta, got {type(meta).__name__}.")
     state = model.state_dict()
     state = _half_state_dict(state) if half else {k: v.detach().cpu() for k, v in state.items()}
-    return _atomic_save({"format": FORMAT, "version": VERSION, "meta": meta.to_dict(), "model": state}, path)
+    return save_state_dict(path, state, meta)
 
 
 # --------------------------------------------------------------------------- load
-def load_checkpoint(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], ModelMeta, dict[str, Any]]:
-    """Read a checkpoint written by :func:`save_checkpoint` / :func:`save_weights`.
+def weights_file_kind(path: str | os.PathLike) -> str:
+    """What a file holds, by its first bytes: ``"safetensors"`` (8-byte little-endian header length, then
+    a JSON header starting with ``{``), ``"torch-zip"`` (``torch.save``'s zip: ``PK``) or ``"other"``
+    (legacy torch files, pickles, anything else). Raises :class:`WeightsError` if it cannot be read."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(9)
+    except OSError as exc:
+        raise WeightsError(f"Cannot read weights file {path}: {exc}") from exc
+    if head[:2] == b"PK":
+        return "torch-zip"
+    if len(head) == 9 and head[8:9] == b"{":
+        return "safetensors"
+    return "other"
 
-    Returns:
-        (state_dict, meta, extra): ``extra`` holds the other top-level keys (optimizer, epoch ...).
 
-    Raises:
-        WeightsError: the path is not a regular file, or the file is not one of our checkpoints.
-    """
+def _checked_path(path: str | os.PathLike) -> Path:
+    """The resolved path of an existing regular file, else :class:`WeightsError`."""
     given = Path(path).expanduser()
     if not given.exists():
-        raise WeightsError(f"Weights file {given} does not exist; pass the path of a .pt file written by `isr train`.")
+        raise WeightsError(
+            f"Weights file {given} does not exist; pass the path of a .pt or {SAFETENSORS_SUFFIX} file written by "
+            "`isr train` / `isr weights convert`."
+        )
     try:
         p = given.resolve(strict=True)
     except (OSError, RuntimeError) as exc:
         raise WeightsError(f"Cannot resolve weights path {path}: {exc}") from exc
     if not p.is_file():
         shown = str(given) if p == given else f"{given} (-> {p})"
-        raise WeightsError(f"Weights path {shown} is not a regular file (a directory?); pass the .pt file itself.")
+        raise WeightsError(f"Weights path {shown} is not a regular file (a directory?); pass the weights file itself.")
+    return p
+
+
+def load_checkpoint(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], ModelMeta, dict[str, Any]]:
+    """Read a file written by :func:`save_checkpoint` / :func:`save_weights` / :func:`save_state_dict`.
+
+    The container is decided by content (:func:`weights_file_kind`): a safetensors file is read with
+    ``safetensors`` (no pickle, ``torch.load`` is never called), anything else with
+    ``torch.load(weights_only=True)``, except that a path ending in ``.safetensors`` must hold safetensors.
+
+    Returns:
+        (state_dict, meta, extra): tensors in their stored dtypes (fp16 in shipping files) on the CPU;
+        ``extra`` holds the other top-level keys of a training checkpoint (optimizer, epoch ...), ``{}`` for
+        safetensors.
+
+    Raises:
+        WeightsError: the path is not a regular file, or the file is not one of our weights files.
+    """
+    p = _checked_path(path)
+    kind = weights_file_kind(p)
+    if kind == "safetensors":
+        return _load_safetensors(p)
+    if _is_safetensors_path(path) or _is_safetensors_path(p):  # the given name or a symlink's target
+        what = "a torch zip (the pickle-based .pt format)" if kind == "torch-zip" else "no safetensors header"
+        raise WeightsError(
+            f"{p} is named {SAFETENSORS_SUFFIX} but holds {what}; a {SAFETENSORS_SUFFIX} file is never unpickled. "
+            f"Rename a checkpoint of ours to .pt, or convert it: `isr weights convert IN.pt OUT{SAFETENSORS_SUFFIX}`."
+        )
     try:
         obj = torch.load(p, map_location="cpu", weights_only=True)
     except Exception as exc:  # UnpicklingError, RuntimeError (zip), EOFError ...: all mean "not ours"
@@ -331,19 +465,88 @@ def load_checkpoint(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], M
     version = obj.get("version")
     if isinstance(version, bool) or not isinstance(version, int) or version < 1:
         raise WeightsError(f"{p}: checkpoint 'version' must be a positive integer, got {version!r}.")
-    if version > VERSION:
-        raise WeightsError(f"{p} is checkpoint version {version}; this code reads up to {VERSION}. Update the package.")
+    _check_version(p, version)
     state = obj.get("model")
     if not isinstance(state, dict) or not state or not all(
         isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()
     ):
         raise WeightsError(f"{p}: 'model' must be a non-empty state dict of tensors.")
-    try:
-        meta = ModelMeta.from_dict(obj.get("meta"))
-    except WeightsError as exc:
-        raise WeightsError(f"{p}: {exc}") from exc
+    meta = _meta_of(p, obj.get("meta"))
     extra = {k: v for k, v in obj.items() if k not in ("format", "version", "meta", "model")}
     return state, meta, extra
+
+
+def _check_version(p: Path, version: int) -> None:
+    if version > VERSION:
+        raise WeightsError(f"{p} is checkpoint version {version}; this code reads up to {VERSION}. Update the package.")
+
+
+def _meta_of(p: Path, data: Any) -> ModelMeta:
+    try:
+        return ModelMeta.from_dict(data)
+    except WeightsError as exc:
+        raise WeightsError(f"{p}: {exc}") from exc
+
+
+def _load_safetensors(p: Path) -> tuple[dict[str, torch.Tensor], ModelMeta, dict[str, Any]]:
+    """Our safetensors file: header size checked before parsing, metadata validated before any tensor is read."""
+    try:
+        size = p.stat().st_size
+        with open(p, "rb") as f:
+            n = int.from_bytes(f.read(8), "little")
+    except OSError as exc:
+        raise WeightsError(f"Cannot read weights file {p}: {exc}") from exc
+    if n > MAX_SAFETENSORS_HEADER:
+        raise WeightsError(
+            f"{p}: its safetensors header declares {n} bytes, more than the {MAX_SAFETENSORS_HEADER} this loader "
+            "parses; the file is corrupt or not a weights file."
+        )
+    if 8 + n > size:
+        raise WeightsError(
+            f"{p} is truncated: its safetensors header declares {n} bytes but only {max(size - 8, 0)} follow the "
+            "length field. Copy the file again."
+        )
+    try:
+        with safetensors.safe_open(str(p), framework="pt", device="cpu") as f:
+            meta = _safetensors_meta(p, f.metadata(), len(f.keys()))
+            state = {k: f.get_tensor(k) for k in f.keys()}
+    except WeightsError:
+        raise
+    except Exception as exc:  # SafetensorError (bad header, truncated data), OSError ...
+        lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+        reason = lines[0] if lines else type(exc).__name__
+        raise WeightsError(
+            f"{p} is not a loadable safetensors file ({type(exc).__name__}: {reason[:300]}); it is corrupt or "
+            "truncated. Write it again with save_weights or `isr weights convert`."
+        ) from exc
+    if not state:
+        raise WeightsError(f"{p}: the safetensors file holds no tensors; a weights file needs the model's state dict.")
+    return state, meta, {}
+
+
+def _safetensors_meta(p: Path, md: dict[str, str] | None, n_tensors: int) -> ModelMeta:
+    md = md or {}
+    fmt = md.get("format")
+    if fmt != FORMAT:
+        raise WeightsError(
+            f"{p} is a safetensors file ({n_tensors} tensors) but not an instance_seg_ros weights file: its "
+            f"metadata 'format' is {fmt!r}, expected {FORMAT!r}. Load its tensors into a model from "
+            "build_amodal_maskrcnn and write it with save_weights(path, model, meta); a .pt checkpoint of ours "
+            f"converts with `isr weights convert IN.pt OUT{SAFETENSORS_SUFFIX}`."
+        )
+    raw_version = md.get("version")
+    if not isinstance(raw_version, str) or not re.fullmatch(r"[1-9][0-9]{0,8}", raw_version):
+        raise WeightsError(f"{p}: safetensors metadata 'version' must be a positive integer, got {raw_version!r}.")
+    _check_version(p, int(raw_version))
+    raw_meta = md.get("meta")
+    if raw_meta is None:
+        raise WeightsError(f"{p}: safetensors metadata has no 'meta' (the model's description); write it with "
+                           "save_weights.")
+    try:
+        data = json.loads(raw_meta)
+    except (ValueError, RecursionError) as exc:
+        raise WeightsError(f"{p}: safetensors metadata 'meta' is not valid JSON ({exc}).") from exc
+    return _meta_of(p, data)
 
 
 def _reason(exc: BaseException) -> str:
@@ -363,6 +566,8 @@ def _emit(log: Callable[[str], Any] | None, msg: str, level: int = logging.INFO)
 
 
 def _load_state_strict(model: nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
+    """Load ``state`` into ``model`` (strict); floating tensors are cast to the model's dtypes first, which
+    turns a shipping file's fp16 back into fp32 whichever container it came from."""
     params = dict(model.state_dict())
     state = {
         k: (v.to(params[k].dtype) if k in params and v.is_floating_point() else v) for k, v in state.items()
@@ -391,14 +596,17 @@ def load_model(
         spec: ``none`` (untrained: ``backbone`` / ``input_mode`` / ``num_classes`` apply; logs a loud
             warning), ``bundled`` (the package's ``weights/amodal_maskrcnn.pt``), ``coco`` (torchvision's
             COCO Mask R-CNN ResNet-50 weights, downloaded; amodal head initialised from the visible
-            head) or a path to one of our checkpoints (backbone / input_mode come from its meta).
+            head) or a path to one of our weights files, ``.pt`` or ``.safetensors`` (backbone /
+            input_mode come from its meta; see :func:`load_checkpoint`).
         log: a callable taking one message (e.g. a ROS logger's ``warning``); ``logging`` otherwise.
 
     Raises:
         WeightsError: with the reason and what to pass instead.
     """
     if not isinstance(spec, str) or not spec.strip():
-        raise WeightsError("model.weights must be 'bundled', 'none', 'coco' or a path to a .pt checkpoint.")
+        raise WeightsError(
+            "model.weights must be 'bundled', 'none', 'coco' or a path to a .pt or .safetensors weights file."
+        )
     key = spec.strip()
     if key.lower() == "none":
         meta = ModelMeta(
@@ -438,11 +646,17 @@ def load_model(
     return model, meta
 
 
+def model_from_state(state: dict[str, torch.Tensor], meta: ModelMeta, source: str = "state dict") -> AmodalMaskRCNN:
+    """The model ``meta`` describes with ``state`` loaded (strict; fp16 tensors become the model's fp32);
+    train mode, CPU. ``source`` names the origin in the :class:`WeightsError` raised when they do not fit."""
+    model = meta.build_model()
+    _load_state_strict(model, state, source)
+    return model
+
+
 def _from_file(path: Path) -> tuple[AmodalMaskRCNN, ModelMeta]:
     state, meta, _ = load_checkpoint(path)
-    model = meta.build_model()
-    _load_state_strict(model, state, str(path))
-    return model, meta
+    return model_from_state(state, meta, str(path)), meta
 
 
 # --------------------------------------------------------------------------- COCO
