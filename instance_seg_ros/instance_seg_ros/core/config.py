@@ -72,7 +72,8 @@ class ModelConfig:
         "bundled",
         "Model weights: 'bundled' (the model shipped in this package), 'none' (untrained, for tests and "
         "benchmarks only), 'coco' (torchvision COCO weights, needs a download), or a path to a .pt "
-        "checkpoint written by `isr train`.",
+        "checkpoint written by `isr train` or a .safetensors copy of one (`isr weights convert`; loads without "
+        "pickle).",
     )
     backbone: str = _p(
         "resnet18_fpn",
