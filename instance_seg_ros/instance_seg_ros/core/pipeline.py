@@ -25,7 +25,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .config import Config
+from .config import CloudConfig, Config
 from .geometry import centroid, oriented_box
 from .images import FrameError, check_frame
 from .lifting import boxes_from_occupancy, filter_cloud, label_image, lift_instances, mask_bboxes
@@ -237,6 +237,15 @@ def _summarize_reference(masks: torch.Tensor, amodal: torch.Tensor, scores, labe
     )
 
 
+def filter_for_config(cloud: CloudConfig, points: np.ndarray, colors: np.ndarray | None
+                      ) -> tuple[np.ndarray, np.ndarray | None]:
+    """:func:`filter_cloud` with the ``cloud.*`` settings (voxel grid, statistical outliers); no-op when both off."""
+    if cloud.voxel_size > 0 or cloud.outlier_removal:
+        return filter_cloud(points, colors, voxel_size=cloud.voxel_size, outlier_removal=cloud.outlier_removal,
+                            neighbors=cloud.outlier_neighbors, std_ratio=cloud.outlier_std_ratio)
+    return points, colors
+
+
 def attach_geometry(inst: InstanceResult, min_points: int) -> None:
     """Fill ``inst``'s centroid (any points) and oriented 3D box (at least ``min_points``, and 1) from its points."""
     pts = inst.points
@@ -409,12 +418,7 @@ class Segmenter:
         instances: list[InstanceResult] = []
         for i, cloud in enumerate(clouds):
             t0 = time.perf_counter()
-            pts, cols = cloud.points, cloud.colors
-            if cfg.cloud.voxel_size > 0 or cfg.cloud.outlier_removal:
-                pts, cols = filter_cloud(
-                    pts, cols, voxel_size=cfg.cloud.voxel_size, outlier_removal=cfg.cloud.outlier_removal,
-                    neighbors=cfg.cloud.outlier_neighbors, std_ratio=cfg.cloud.outlier_std_ratio,
-                )
+            pts, cols = filter_for_config(cfg.cloud, cloud.points, cloud.colors)
             t1 = time.perf_counter()
             t_filter += t1 - t0
             inst = InstanceResult(

@@ -38,9 +38,8 @@ import numpy as np
 import torch
 
 from ..core.config import Config
-from ..core.lifting import filter_cloud
 from ..core.model import AmodalMaskRCNN, ModelMeta, frame_to_input
-from ..core.pipeline import attach_geometry
+from ..core.pipeline import attach_geometry, filter_for_config
 from ..core.types import FrameResult, InstanceResult, Intrinsics
 
 __all__ = ["TORCHVISION_MAX_SIZE", "TORCHVISION_MIN_SIZE", "NaiveBaseline", "naive_instance_array_msg"]
@@ -154,11 +153,7 @@ class NaiveBaseline:
         instances = []
         for j, (pts, cols, coverage) in enumerate(clouds):
             t0 = time.perf_counter()
-            if cfg.cloud.voxel_size > 0 or cfg.cloud.outlier_removal:
-                pts, cols = filter_cloud(
-                    pts, cols, voxel_size=cfg.cloud.voxel_size, outlier_removal=cfg.cloud.outlier_removal,
-                    neighbors=cfg.cloud.outlier_neighbors, std_ratio=cfg.cloud.outlier_std_ratio,
-                )
+            pts, cols = filter_for_config(cfg.cloud, pts, cols)
             t1 = time.perf_counter()
             t_filter += t1 - t0
             lab = int(labels[kept[j]])
