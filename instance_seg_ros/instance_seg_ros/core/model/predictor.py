@@ -114,6 +114,19 @@ def resolve_device(device: str | torch.device) -> torch.device:
     raise PredictorError(f"device must be auto, cpu, cuda or cuda:N, got {device!r}.")
 
 
+def _paste_setup(
+    probs: torch.Tensor, boxes: torch.Tensor, image_size: tuple[int, int]
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """What both paste paths share (torchvision's geometry): the all-False output ``[N, K, H, W]`` bool, the RoI
+    masks padded by one pixel ``[N, K, M+2, M+2]`` and the boxes expanded to match, ``[N, 4]`` int64 pixels."""
+    n, k = probs.shape[:2]
+    out = torch.zeros((n, k, *image_size), dtype=torch.bool, device=probs.device)
+    if n == 0:
+        return out, probs, boxes.to(torch.int64).reshape(0, 4)
+    padded, scale = expand_masks(probs, padding=1)
+    return out, padded, expand_boxes(boxes.float(), scale).to(torch.int64)
+
+
 def paste_masks_thresholded(
     probs: torch.Tensor, boxes: torch.Tensor, image_size: tuple[int, int], threshold: float
 ) -> torch.Tensor:
@@ -131,14 +144,9 @@ def paste_masks_thresholded(
     Returns:
         Tensor[N, K, H, W] bool.
     """
-    n, k = probs.shape[:2]
     h_img, w_img = image_size
-    out = torch.zeros((n, k, h_img, w_img), dtype=torch.bool, device=probs.device)
-    if n == 0:
-        return out
-    padded, scale = expand_masks(probs, padding=1)
-    ib = expand_boxes(boxes.float(), scale).to(torch.int64).tolist()
-    for i, (x0, y0, x1, y1) in enumerate(ib):
+    out, padded, ib = _paste_setup(probs, boxes, image_size)
+    for i, (x0, y0, x1, y1) in enumerate(ib.tolist()):
         w, h = max(x1 - x0 + 1, 1), max(y1 - y0 + 1, 1)
         cx0, cy0, cx1, cy1 = max(x0, 0), max(y0, 0), min(x1 + 1, w_img), min(y1 + 1, h_img)
         if cx1 <= cx0 or cy1 <= cy0:
@@ -195,11 +203,9 @@ def paste_masks_batched(
     """
     n, k = probs.shape[:2]
     h_img, w_img = image_size
-    out = torch.zeros((n, k, h_img, w_img), dtype=torch.bool, device=probs.device)
+    out, padded, ib = _paste_setup(probs, boxes, image_size)
     if n == 0:
         return out
-    padded, scale = expand_masks(probs, padding=1)
-    ib = expand_boxes(boxes.float(), scale).to(torch.int64)
     x0, y0 = ib[:, 0], ib[:, 1]
     w = (ib[:, 2] - x0 + 1).clamp_(min=1)
     h = (ib[:, 3] - y0 + 1).clamp_(min=1)
