@@ -29,6 +29,7 @@ from .config import CloudConfig, Config
 from .geometry import centroid, oriented_box
 from .images import FrameError, check_frame
 from .lifting import boxes_from_occupancy, filter_cloud, label_image, lift_instances, mask_bboxes
+from .text import one_line
 from .types import FrameResult, InstanceResult, Intrinsics
 
 __all__ = ["SUMMARY_PATHS", "FrameError", "FrameSkipped", "MaskSummary", "Segmenter", "summarize_masks"]
@@ -366,7 +367,7 @@ class Segmenter:
             h, w = depth.shape
             min_s, max_s = pred.input_size(h, w)
             small = (max(32, int(min_s * self.OOM_RETRY_SCALE)), max(32, int(max_s * self.OOM_RETRY_SCALE)))
-            self._log(f"out of accelerator memory on a {w}x{h} frame ({' '.join(str(first).split())[:200]}); "
+            self._log(f"out of accelerator memory on a {w}x{h} frame ({one_line(first)[:200]}); "
                       f"cache emptied, retrying once with the network input at {small[1]}x{small[0]}")
             saved = (pred.min_size, pred.max_size)
             pred.min_size, pred.max_size = small
@@ -378,7 +379,7 @@ class Segmenter:
                 raise FrameSkipped(
                     "out_of_memory",
                     f"out of accelerator memory twice (also at the reduced network input {small[1]}x{small[0]}): "
-                    f"{' '.join(str(second).split())[:200]}. Lower model.max_size / model.max_instances, or free GPU "
+                    f"{one_line(second)[:200]}. Lower model.max_size / model.max_instances, or free GPU "
                     "memory used by other processes.",
                 ) from second
             finally:

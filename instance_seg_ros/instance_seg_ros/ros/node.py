@@ -63,6 +63,7 @@ from ..core.images import (
     intrinsics_from_camera_info,
 )
 from ..core.sync import LatestSlot, Matched, StampError, StampSynchronizer
+from ..core.text import one_line
 from ..core.visualize import draw_overlay
 from .conversions import image_msg, instance_array_msg, label_image_msg, stamp_to_ns
 from .diagnostics import NodeStats, Throttle, diagnostic_array
@@ -112,11 +113,6 @@ def _publisher_id(info: Any) -> bytes | None:
         return bytes(data) if data is not None else None
     except Exception:  # unknown shape: fall back to stamp-only restart detection
         return None
-
-
-def _one_line(exc: BaseException) -> str:
-    text = " ".join(str(exc).split())
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
 @dataclasses.dataclass
@@ -266,7 +262,7 @@ class InstanceSegNode(LifecycleNode):
                 on_match=self._on_match, on_drop=self._on_drop, on_reset=self._on_time_reset,
             )
         except Exception as exc:  # a model that cannot load must not kill a managed node
-            self._configure_error = f"cannot configure: {_one_line(exc)}"
+            self._configure_error = f"cannot configure: {one_line(exc, with_type=True)}"
             self._stats.error(self._configure_error)
             self.get_logger().error(self._configure_error)
             self.get_logger().debug(traceback.format_exc())
@@ -288,7 +284,7 @@ class InstanceSegNode(LifecycleNode):
             self._worker.start()
             self._create_subscriptions()
         except Exception as exc:
-            text = f"cannot activate: {_one_line(exc)}"
+            text = f"cannot activate: {one_line(exc, with_type=True)}"
             self._stats.error(text)
             self.get_logger().error(text)
             self._stop_worker()
@@ -405,7 +401,7 @@ class InstanceSegNode(LifecycleNode):
 
     def _callback_error(self, where: str, exc: Exception) -> None:
         self._stats.inc("callback_errors")
-        text = f"{where} failed: {_one_line(exc)}"
+        text = f"{where} failed: {one_line(exc, with_type=True)}"
         self._stats.error(text)
         self._warn(f"callback_error_{where}", text, error=True)
         self.get_logger().debug(traceback.format_exc())
@@ -482,7 +478,8 @@ class InstanceSegNode(LifecycleNode):
                 if self._stop.is_set() or not rclpy.ok(context=self.context):
                     return
                 self._stats.inc("pipeline_errors")
-                text = f"pipeline failed on the frame stamped {matched.stamp_ns / 1e9:.3f} s: {_one_line(exc)}"
+                text = (f"pipeline failed on the frame stamped {matched.stamp_ns / 1e9:.3f} s: "
+                        f"{one_line(exc, with_type=True)}")
                 self._stats.error(text)
                 self._warn("pipeline_error", text, error=True)
                 self.get_logger().debug(traceback.format_exc())
@@ -701,7 +698,7 @@ def main(args: list[str] | None = None) -> int:
         try:
             node = InstanceSegNode(managed=True if ns.managed else None)
         except ConfigError as exc:
-            rclpy.logging.get_logger(NODE_NAME).error(f"invalid parameters: {' '.join(str(exc).split())}")
+            rclpy.logging.get_logger(NODE_NAME).error(f"invalid parameters: {one_line(exc)}")
             return 2
         if node.managed:
             node.get_logger().info("managed node: waiting for the configure and activate transitions")

@@ -17,6 +17,7 @@ from rclpy.exceptions import InvalidParameterTypeException, InvalidParameterValu
 from rclpy.parameter import Parameter
 
 from ..core.config import Config, ConfigError, ParamSpec, check_value, param_spec
+from ..core.text import one_line
 
 __all__ = [
     "NODE_SPECS",
@@ -208,7 +209,7 @@ def declare_specs(node: Any, specs: Iterable[ParamSpec], *, error: type[Exceptio
                 f"{given.value if given is not None else None!r}; fix it in the params file or on the command line."
             ) from None
         except InvalidParameterValueException as exc:
-            raise error(f"Parameter {spec.name}: {' '.join(str(exc).split())}") from None
+            raise error(f"Parameter {spec.name}: {one_line(exc)}") from None
     unknown = sorted(n for n in overrides if not node.has_parameter(n) and not n.startswith("qos_overrides."))
     for name in unknown:
         node.get_logger().warning(f"Ignoring unknown parameter '{name}' (a typo?). {known_hint}".rstrip())

@@ -68,6 +68,7 @@ from instance_seg_msgs.msg import InstanceArray
 
 from ..core.config import ParamSpec, check_value, param_spec
 from ..core.images import encode_depth_16uc1
+from ..core.text import one_line
 from ..core.types import FrameResult, Intrinsics
 from ..ros.conversions import (
     camera_info_msg,
@@ -363,10 +364,6 @@ class SimCameraSource:
 
 
 # ---------------------------------------------------------------------------------------- the node
-def _one_line(exc: BaseException) -> str:
-    return " ".join(str(exc).split())
-
-
 class SimCameraNode(Node):
     """The simulated RGB-D camera (see the module docstring for topics, parameters and timing).
 
@@ -516,7 +513,7 @@ class SimCameraNode(Node):
             self._loop()
         except Exception as exc:
             if not self._stop.is_set() and self.context.ok():
-                self.error = f"{type(exc).__name__}: {_one_line(exc)}"
+                self.error = one_line(exc, with_type=True)
                 self.get_logger().error(f"simulated camera stopped: {self.error}")
         finally:
             self.finished.set()
@@ -607,7 +604,7 @@ def main(args: list[str] | None = None) -> int:
         try:
             node = SimCameraNode()
         except (SimCameraError, SceneError) as exc:
-            rclpy.logging.get_logger(NODE_NAME).error(f"invalid parameters: {_one_line(exc)}")
+            rclpy.logging.get_logger(NODE_NAME).error(f"invalid parameters: {one_line(exc)}")
             return 2
         executor = SingleThreadedExecutor()
         executor.add_node(node)

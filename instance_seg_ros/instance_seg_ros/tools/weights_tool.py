@@ -24,6 +24,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from ..core.text import one_line
+
 __all__ = ["add_arguments", "main", "run", "state_differences"]
 
 SUFFIXES = (".pt", ".safetensors")
@@ -50,10 +52,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     conv.add_argument("--force", action="store_true", help="overwrite OUT if it exists")
 
 
-def _one_line(exc: BaseException) -> str:
-    return " ".join(str(exc).split())
-
-
 def run(args: argparse.Namespace) -> int:
     from ..core.model.weights import WeightsError
 
@@ -65,7 +63,7 @@ def run(args: argparse.Namespace) -> int:
             return _info(Path(args.path), as_json=args.json)
         return _convert(Path(args.src), Path(args.dst), force=args.force)
     except (WeightsError, OSError) as exc:
-        print(f"isr weights {args.action}: {_one_line(exc)}", file=sys.stderr)
+        print(f"isr weights {args.action}: {one_line(exc)}", file=sys.stderr)
         return 2
 
 
