@@ -378,9 +378,8 @@ def _half_state_dict(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 def save_weights(path: str | os.PathLike, model: nn.Module, meta: ModelMeta, half: bool = True) -> Path:
     """Write a shipping file (no optimizer state): fp16 floating tensors when ``half``. A path ending in
-    ``.safetensors`` gives a safetensors file, any other our ``torch.save`` format (see :func:`save_state_dict`)."""
-    if not isinstance(meta, ModelMeta):
-        raise WeightsError(f"meta must be a ModelMeta, got {type(meta).__name__}.")
+    ``.safetensors`` gives a safetensors file, any other our ``torch.save`` format (see :func:`save_state_dict`,
+    which also checks ``meta``)."""
     state = model.state_dict()
     state = _half_state_dict(state) if half else {k: v.detach().cpu() for k, v in state.items()}
     return save_state_dict(path, state, meta)
