@@ -21,6 +21,7 @@ MODULE_TO_KEY = {
     "tqdm": "python3-tqdm",
     "matplotlib": "python3-matplotlib",
     "pycocotools": "python3-pycocotools",
+    "scipy": "python3-scipy",
     "torch": "python3-torch-pip",
     "torchvision": "python3-torchvision-pip",
     "efficientnet_lite_pytorch": "python3-efficientnet-lite-pytorch-pip",
