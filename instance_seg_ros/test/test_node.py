@@ -237,6 +237,32 @@ def test_runtime_parameter_update_takes_effect(node):
     _alive(proc, group)
 
 
+def test_support_plane_check_at_run_time(node):
+    """The harness table (0.8 m) is the plane: with the check on, every published instance rises above it (the
+    untrained model's boxes on bare table are dropped and counted); YAML's / ``ros2 param set``'s bare ``off`` (a
+    boolean) switches it off again."""
+    from instance_seg_ros.ros.conversions import pointcloud2_to_arrays
+
+    h, proc, group = node
+    (res,) = h.set_params({"filter.support_plane": "auto"})
+    assert res.successful, res.reason
+    try:
+        for _ in range(3):
+            msg = h.send_and_wait(h.frame())
+            assert msg is not None
+            for m in msg.instances:
+                pts, _ = pointcloud2_to_arrays(m.points)
+                if len(pts) >= 10:  # 90th percentile of the heights above the table >= filter.min_height (15 mm)
+                    assert np.quantile(0.8 - pts[:, 2], 0.9) >= 0.015 - 1e-3
+        assert h.wait_diag(lambda d: int(d.get("support_plane.frames_with_plane", 0)) >= 3, 10.0)
+        assert "support_plane.instances_dropped" in h.out.diagnostics[-1]
+    finally:
+        (res,) = h.set_params({"filter.support_plane": False})
+    assert res.successful, res.reason
+    assert h.get_params(["filter.support_plane"]) == ["off"]
+    _alive(proc, group)
+
+
 @pytest.mark.parametrize(
     ("values", "fragment"),
     [

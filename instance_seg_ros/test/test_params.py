@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from ros_helpers import PKG_DIR
 
-from instance_seg_ros.core.config import Config, ConfigError
+from instance_seg_ros.core.config import Config, ConfigError, word_for_bool
 from instance_seg_ros.ros.params import (
     NODE_SPECS,
     NodeSettings,
@@ -90,8 +90,12 @@ def test_config_files_are_valid_ros_params_files(name):
     flat = {}
     for key, p in params.items():
         assert key in specs, f"{name}: unknown parameter {key}"
-        assert p.value.type == types_[specs[key].type], f"{name}: {key} has the wrong type (write 2.0, not 2)"
-        flat[key] = parameter_value_to_python(p.value)
+        value = parameter_value_to_python(p.value)
+        if p.value.type == ParameterType.PARAMETER_BOOL and word_for_bool(specs[key], value):
+            value = word_for_bool(specs[key], value)  # ROS's YAML reads off / "off" as false: the node takes the word
+        else:
+            assert p.value.type == types_[specs[key].type], f"{name}: {key} has the wrong type (write 2.0, not 2)"
+        flat[key] = value
     cfg, node = split_flat(flat)
     Config.from_flat(cfg)
     NodeSettings.from_flat(node)

@@ -97,3 +97,51 @@ def test_malformed_frames_raise_frame_error(segmenter):
 def test_process_before_load_is_an_error():
     with pytest.raises(RuntimeError, match="load"):
         Segmenter(Config()).process(*_frame(), K)
+
+
+def test_support_plane_check_drops_detections_on_the_table_and_renumbers(segmenter):
+    """The same detections with the check off and on: the dropped ones are those whose points stay within
+    ``filter.min_height`` of the 0.8 m table; the kept ones are renumbered 1..N in the label image."""
+    color, depth = _frame(3)
+    off = segmenter.config.replace(**{"filter.support_plane": "off"})
+    segmenter.update_config(off)
+    before = segmenter.process(color, depth, K)
+    segmenter.update_config(off.replace(**{"filter.support_plane": "auto"}))
+    try:
+        after = segmenter.process(color, depth, K)
+    finally:
+        segmenter.update_config(off)
+    assert before.support_plane is None and not before.dropped
+    plane = after.support_plane
+    assert plane is not None and abs(plane.offset - 0.8) < 0.01 and abs(abs(plane.normal[2]) - 1) < 1e-3
+    assert len(after.instances) + len(after.dropped) == len(before.instances) and after.dropped
+    assert [i.index for i in after.instances] == list(range(1, len(after.instances) + 1))
+    assert set(np.unique(after.label_image)) <= set(range(len(after.instances) + 1))
+    for inst in after.instances:
+        assert (after.label_image[inst.full_mask(H, W)] <= inst.index).all()
+        if inst.num_points >= 10:
+            assert np.quantile(plane.height(inst.points), 0.9) >= 0.015
+    for inst in after.dropped:
+        assert inst.num_points >= 10 and np.quantile(plane.height(inst.points), 0.9) < 0.015
+        assert not (after.label_image[inst.full_mask(H, W)] > 0).all() or inst.mask.sum() == 0
+    assert "support_plane" in after.timings
+
+
+def test_an_object_filling_the_view_is_not_its_own_support_plane():
+    """A box face covering 90 % of the frame is the dominant plane. Detected as one instance, it is kept (without
+    its pixels the plane holds almost nothing); a small print on it is still dropped (the rest of the face stays)."""
+    from instance_seg_ros.core.lifting import lift_instances
+    from instance_seg_ros.core.pipeline import support_plane_check
+
+    depth = np.full((H, W), 0.45, np.float32)
+    depth[:, :16] = 0.9  # a sliver of table behind it
+    label = np.zeros((H, W), np.uint16)
+    label[:, 16:] = 1  # the face
+    label[40:60, 60:90] = 2  # a logo printed on it (the better-scored detection owns its pixels)
+    masks = np.stack([label == 1, label == 2])
+    points = [c.points for c in lift_instances(depth, masks, K, depth_min=0.1, depth_max=5.0)]
+    plane, flagged = support_plane_check(Config(), depth, K, points, label)
+    assert plane is not None and abs(plane.offset - 0.45) < 0.01 and plane.support > 0.8
+    assert flagged.tolist() == [False, True]
+    _, flagged = support_plane_check(Config(), depth, K, points)  # without the label image: no guard
+    assert flagged.tolist() == [True, True]

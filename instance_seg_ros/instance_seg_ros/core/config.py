@@ -26,6 +26,7 @@ __all__ = [
     "Config",
     "ConfigError",
     "DepthConfig",
+    "FilterConfig",
     "InputConfig",
     "ModelConfig",
     "OcclusionConfig",
@@ -33,6 +34,7 @@ __all__ = [
     "SyncConfig",
     "check_value",
     "param_spec",
+    "word_for_bool",
 ]
 
 
@@ -139,6 +141,32 @@ class CloudConfig:
 
 
 @dataclass(frozen=True)
+class FilterConfig:
+    support_plane: str = _p(
+        "auto",
+        "Support-plane check: auto = find the dominant plane in the depth (table, floor; subsampled RANSAC) and drop "
+        "instances whose points lie on it or behind it (print, paper, highlights, the floor beyond the table); only "
+        "when a plane holds at least filter.plane_min_support of the valid depth, so a shelf or a bin without one "
+        "is left alone. off = keep every instance.",
+        choices=("auto", "off"), dynamic=True,
+    )
+    plane_tolerance: float = _p(
+        0.01, "Support plane: RANSAC inlier distance in meters at 1 m (grows with depth like the sensor noise).",
+        low=0.001, high=0.1, dynamic=True,
+    )
+    plane_min_support: float = _p(
+        0.2, "Support plane: share of the valid depth pixels the plane must hold to be used (0..1).",
+        low=0.01, high=1.0, dynamic=True,
+    )
+    min_height: float = _p(
+        0.015,
+        "Support plane: an instance whose points rise less than this (meters; 90th percentile of their heights) "
+        "above the plane lies on it or behind it and is dropped.",
+        low=0.0, high=1.0, dynamic=True,
+    )
+
+
+@dataclass(frozen=True)
 class OcclusionConfig:
     threshold: float = _p(0.1, "is_occluded is true when the hidden fraction exceeds this.", low=0.0, high=1.0,
                           dynamic=True)
@@ -163,6 +191,7 @@ _SECTIONS = {
     "model": ModelConfig,
     "depth": DepthConfig,
     "cloud": CloudConfig,
+    "filter": FilterConfig,
     "occlusion": OcclusionConfig,
     "input": InputConfig,
     "sync": SyncConfig,
@@ -196,6 +225,7 @@ class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     depth: DepthConfig = field(default_factory=DepthConfig)
     cloud: CloudConfig = field(default_factory=CloudConfig)
+    filter: FilterConfig = field(default_factory=FilterConfig)
     occlusion: OcclusionConfig = field(default_factory=OcclusionConfig)
     input: InputConfig = field(default_factory=InputConfig)
     sync: SyncConfig = field(default_factory=SyncConfig)
@@ -333,10 +363,26 @@ def _coerce(spec: ParamSpec, value: Any, error: type[Exception] = ConfigError) -
             raise error(f"{spec.name} must be a number, got {value!r}.")
         return float(value)
     if t is str:
+        word = word_for_bool(spec, value)
+        if word is not None:
+            return word
         if not isinstance(value, str):
             raise error(f"{spec.name} must be a string, got {value!r}.")
         return value
     return value
+
+
+def word_for_bool(spec: ParamSpec, value: Any) -> str | None:
+    """``"off"`` / ``"on"`` for a boolean given to a string parameter that has that choice, else None.
+
+    YAML 1.1 (PyYAML, ROS params files) reads a bare ``off`` / ``on`` as a boolean: ``filter.support_plane: off``
+    means the word.
+    """
+    if isinstance(value, bool) and spec.type is str and spec.choices:
+        word = "on" if value else "off"
+        if word in spec.choices:
+            return word
+    return None
 
 
 def check_value(spec: ParamSpec, value: Any, error: type[Exception] = ConfigError) -> Any:

@@ -5,7 +5,9 @@ and the benchmark all go through it, so they measure and report the same thing.
 
 Stages (each timed, in ms): ``preprocess`` (numpy -> the normalized, resized network input on the device),
 ``inference`` (the network), ``postprocess`` (mask pasting, thresholding, amodal ⊇ visible, boxes, crops,
-occlusion, label image), ``lift`` (all instances' point clouds in one vectorized pass), ``cloud_filter``
+occlusion, label image), ``lift`` (all instances' point clouds in one vectorized pass), ``support_plane``
+(``filter.support_plane: auto``: the dominant plane of the depth, and the detections lying on it or behind it
+dropped: print, paper, highlights, the floor beyond the table; see :func:`support_plane_check`), ``cloud_filter``
 (optional voxel / outlier filtering) and ``geometry`` (centroids, oriented boxes).
 
 Fast paths (``Segmenter(reference=True)`` runs the plain ones, for checks): the network at the camera's (or
@@ -29,10 +31,12 @@ from .config import CloudConfig, Config
 from .geometry import centroid, oriented_box
 from .images import FrameError, check_frame
 from .lifting import boxes_from_occupancy, filter_cloud, label_image, lift_instances, mask_bboxes
+from .support_plane import SupportPlane, fit_support_plane, on_support_plane, support_without
 from .text import one_line
 from .types import FrameResult, InstanceResult, Intrinsics
 
-__all__ = ["SUMMARY_PATHS", "FrameError", "FrameSkipped", "MaskSummary", "Segmenter", "summarize_masks"]
+__all__ = ["SUMMARY_PATHS", "FrameError", "FrameSkipped", "MaskSummary", "Segmenter", "summarize_masks",
+           "support_plane_check"]
 
 _log = logging.getLogger(__name__)
 
@@ -414,9 +418,16 @@ class Segmenter:
         )
         timings["lift"] = (time.perf_counter() - t0) * 1e3
 
+        plane, on_plane = None, np.zeros(len(clouds), bool)
+        if cfg.filter.support_plane == "auto":
+            t0 = time.perf_counter()
+            plane, on_plane = support_plane_check(cfg, depth, K, [c.points for c in clouds], label_np)
+            timings["support_plane"] = (time.perf_counter() - t0) * 1e3
+
         t_filter = t_geom = 0.0
         classes = self.meta.classes if self.meta is not None else ["__background__", "object"]
         instances: list[InstanceResult] = []
+        dropped: list[InstanceResult] = []
         for i, cloud in enumerate(clouds):
             t0 = time.perf_counter()
             pts, cols = filter_for_config(cfg.cloud, cloud.points, cloud.colors)
@@ -437,11 +448,53 @@ class Segmenter:
                 colors=cols,
                 depth_coverage=float(cloud.depth_coverage),
             )
+            if on_plane[i]:
+                dropped.append(inst)
+                continue
             attach_geometry(inst, cfg.cloud.min_points)
             t_geom += time.perf_counter() - t1
             instances.append(inst)
+        if dropped:
+            label_np = _renumber(instances, label_np)
         timings["cloud_filter"] = t_filter * 1e3
         timings["geometry"] = t_geom * 1e3
         timings["total"] = sum(v for k, v in timings.items() if k != "total")
-        return FrameResult(width=w, height=h, instances=instances, label_image=label_np, timings=timings)
+        return FrameResult(width=w, height=h, instances=instances, label_image=label_np, timings=timings,
+                           support_plane=plane, dropped=dropped)
+
+
+def support_plane_check(config: Config, depth: np.ndarray, K: Intrinsics, points: list[np.ndarray],
+                        label_image: np.ndarray | None = None) -> tuple[SupportPlane | None, np.ndarray]:
+    """The ``filter.*`` support-plane check of one frame: ``(plane or None, bool[N] instance lies on it or behind)``.
+
+    An instance is flagged when its points do not rise ``filter.min_height`` above the plane
+    (:func:`~.support_plane.on_support_plane`), unless the plane is mostly that instance (a box face or a wall
+    filling the view): without the instance's pixels the plane must still hold ``filter.plane_min_support`` of the
+    valid depth (:func:`~.support_plane.support_without`; needs ``label_image``).
+
+    Args:
+        depth (np.ndarray[H, W] float32): meters, NaN invalid. points: each instance's lifted points ([M, 3]).
+        label_image (np.ndarray[H, W] uint16 | None): the instances' visible masks, 1-based as ``points``.
+    """
+    f = config.filter
+    plane = fit_support_plane(depth, K, tolerance=f.plane_tolerance, min_support=f.plane_min_support,
+                              depth_min=config.depth.min, depth_max=config.depth.max)
+    if plane is None or not points:
+        return plane, np.zeros(len(points), bool)
+    flagged = np.asarray(on_support_plane(points, plane, min_height=f.min_height), bool)
+    if flagged.any() and label_image is not None:
+        rest = support_without(depth, K, plane, label_image, len(points), tolerance=f.plane_tolerance,
+                               depth_min=config.depth.min, depth_max=config.depth.max)
+        flagged &= rest >= f.plane_min_support
+    return plane, flagged
+
+
+def _renumber(instances: list[InstanceResult], label_image: np.ndarray) -> np.ndarray:
+    """Give the kept ``instances`` indices 1..N in order and map ``label_image`` to them (dropped ones become 0)."""
+    lut = np.zeros(int(label_image.max(initial=0)) + 1, np.uint16)
+    for new, inst in enumerate(instances, start=1):
+        if inst.index < lut.size:
+            lut[inst.index] = new
+        inst.index = new
+    return lut[label_image]
 

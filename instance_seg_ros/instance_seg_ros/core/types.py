@@ -109,6 +109,10 @@ class FrameResult:
             (visible masks; the higher score wins where masks overlap).
         timings (dict[str, float]): milliseconds per stage (decode, preprocess, inference,
             postprocess, lift, ...); ``total`` is their sum.
+        support_plane (SupportPlane | None): the dominant plane the support-plane check found in the depth
+            (:mod:`~instance_seg_ros.core.support_plane`); None when it is off or found none.
+        dropped (list[InstanceResult]): detections the support-plane check removed (they lie on the plane or behind
+            it), with the indices they had before; not in ``instances`` nor in ``label_image``.
     """
 
     width: int
@@ -116,3 +120,5 @@ class FrameResult:
     instances: list[InstanceResult]
     label_image: np.ndarray
     timings: dict[str, float] = field(default_factory=dict)
+    support_plane: object | None = None
+    dropped: list[InstanceResult] = field(default_factory=list)

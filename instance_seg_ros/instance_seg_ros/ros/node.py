@@ -54,7 +54,7 @@ from visualization_msgs.msg import MarkerArray
 
 from instance_seg_msgs.msg import InstanceArray
 
-from ..core.config import Config, ConfigError
+from ..core.config import Config, ConfigError, word_for_bool
 from ..core.images import (
     FrameError,
     color_from_compressed_msg,
@@ -196,12 +196,15 @@ class InstanceSegNode(LifecycleNode):
         return Config.from_flat(cfg_flat), NodeSettings.from_flat(node_flat)
 
     def _coerce_parameters(self, params: list[Parameter]) -> list[Parameter]:
-        """Pre-set: an integer given for a float parameter (``ros2 param set ... depth.max 2``) becomes a double."""
+        """Pre-set: an integer given for a float parameter (``ros2 param set ... depth.max 2``) becomes a double, and
+        a boolean for a string parameter with an ``off`` / ``on`` choice (YAML's bare ``off``) the word."""
         out = []
         for p in params:
             spec = self._specs.get(p.name)
             if spec is not None and spec.type is float and p.type_ == Parameter.Type.INTEGER:
                 p = Parameter(p.name, Parameter.Type.DOUBLE, float(p.value))
+            elif spec is not None and p.type_ == Parameter.Type.BOOL and word_for_bool(spec, p.value):
+                p = Parameter(p.name, Parameter.Type.STRING, word_for_bool(spec, p.value))  # YAML's bare off
             out.append(p)
         return out
 
@@ -529,11 +532,16 @@ class InstanceSegNode(LifecycleNode):
             return self._warn(exc.reason, f"Frame stamped {m.stamp_ns / 1e9:.3f} s skipped ({exc.reason}): {exc}")
         result.timings["decode"] = decode_ms
         self._stats.inc("frames_processed")
+        if cfg.filter.support_plane != "off":
+            self._stats.inc("support_plane.frames_with_plane" if result.support_plane is not None
+                            else "support_plane.frames_without_plane")
+            self._stats.inc("support_plane.instances_dropped", len(result.dropped))
         self._publish(result, color, color_msg.header)
         now = time.monotonic()
         self._stats.tick("frames_published", now)
         self._stats.latency((now - t_match) * 1e3, sum(v for k, v in result.timings.items() if k != "total"), now)
         self._last_frame = {"stamp_ns": m.stamp_ns, "instances": len(result.instances),
+                            "dropped_on_support_plane": len(result.dropped),
                             "size": f"{result.width}x{result.height}", "frame_id": color_msg.header.frame_id}
 
     def _publish(self, result, color, hdr) -> None:
@@ -636,6 +644,8 @@ class InstanceSegNode(LifecycleNode):
             **dict(sorted(st.counts("received.").items())),
             "pipeline_errors": st.count("pipeline_errors"),
             "oom_retries": int(getattr(self._seg, "oom_retries", 0)),
+            **{k: st.count(k) for k in ("support_plane.frames_with_plane", "support_plane.frames_without_plane",
+                                        "support_plane.instances_dropped")},
             **dict(sorted(st.counts("skipped.").items())),
             "callback_errors": st.count("callback_errors"),
             "qos_incompatible": st.count("qos_incompatible"),

@@ -16,7 +16,7 @@ from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescri
 from rclpy.exceptions import InvalidParameterTypeException, InvalidParameterValueException
 from rclpy.parameter import Parameter
 
-from ..core.config import Config, ConfigError, ParamSpec, check_value, param_spec
+from ..core.config import Config, ConfigError, ParamSpec, check_value, param_spec, word_for_bool
 from ..core.text import one_line
 
 __all__ = [
@@ -200,6 +200,8 @@ def declare_specs(node: Any, specs: Iterable[ParamSpec], *, error: type[Exceptio
         given = overrides.get(spec.name)
         if given is not None and spec.type is float and given.type_ == Parameter.Type.INTEGER:
             overrides[spec.name] = Parameter(spec.name, Parameter.Type.DOUBLE, float(given.value))
+        elif given is not None and given.type_ == Parameter.Type.BOOL and word_for_bool(spec, given.value):
+            overrides[spec.name] = Parameter(spec.name, Parameter.Type.STRING, word_for_bool(spec, given.value))
         try:
             values[spec.name] = node.declare_parameter(spec.name, spec.default,
                                                        descriptor(spec, **descriptor_kw)).value

@@ -16,7 +16,7 @@ postprocess    torchvision's ``transform.postprocess`` (every mask pasted as a f
                the full mask, crops, areas, and a label image painted mask by mask over the full frame
 lift           per instance, full-image numpy: the valid-depth and flying-pixel tests and the projection of
                every pixel are recomputed over the whole frame, then the mask's pixels are selected
-cloud_filter,  the same functions as ours (Open3D filtering, centroid, oriented box)
+cloud_filter,  the same functions as ours (Open3D filtering, centroid, oriented box, and the support-plane check)
 geometry
 message        an ``InstanceArray`` whose byte fields are Python lists filled element by element (mask
                pixels one by one, points packed with ``struct`` one at a time)
@@ -39,7 +39,7 @@ import torch
 
 from ..core.config import Config
 from ..core.model import AmodalMaskRCNN, ModelMeta, frame_to_input
-from ..core.pipeline import attach_geometry, filter_for_config
+from ..core.pipeline import attach_geometry, filter_for_config, support_plane_check
 from ..core.types import FrameResult, InstanceResult, Intrinsics
 
 __all__ = ["TORCHVISION_MAX_SIZE", "TORCHVISION_MIN_SIZE", "NaiveBaseline", "naive_instance_array_msg"]
@@ -148,17 +148,26 @@ class NaiveBaseline:
         clouds = [naive_lift(depth, vis[i], K, color if cfg.cloud.with_rgb else None, cfg) for i in kept]
         timings["lift"] = (time.perf_counter() - t0) * 1e3
 
+        on_plane = np.zeros(len(clouds), bool)
+        if cfg.filter.support_plane != "off":
+            t0 = time.perf_counter()
+            _, on_plane = support_plane_check(cfg, depth, K, [c[0] for c in clouds], label)
+            timings["support_plane"] = (time.perf_counter() - t0) * 1e3
+
         t_filter = t_geom = 0.0
         classes = self.meta.classes
         instances = []
         for j, (pts, cols, coverage) in enumerate(clouds):
+            if on_plane[j]:
+                label[label == j + 1] = 0
+                continue
             t0 = time.perf_counter()
             pts, cols = filter_for_config(cfg.cloud, pts, cols)
             t1 = time.perf_counter()
             t_filter += t1 - t0
             lab = int(labels[kept[j]])
             inst = InstanceResult(
-                index=j + 1, class_id=lab, class_name=classes[lab] if lab < len(classes) else str(lab),
+                index=len(instances) + 1, class_id=lab, class_name=classes[lab] if lab < len(classes) else str(lab),
                 score=float(scores[kept[j]]), bbox=boxes[j], mask=crops[j], amodal_bbox=aboxes[j],
                 amodal_mask=acrops[j], occlusion=float(occ[j]), is_occluded=bool(occ[j] > cfg.occlusion.threshold),
                 points=pts, colors=cols, depth_coverage=coverage,
@@ -166,6 +175,10 @@ class NaiveBaseline:
             attach_geometry(inst, cfg.cloud.min_points)
             t_geom += time.perf_counter() - t1
             instances.append(inst)
+        if on_plane.any():  # the kept instances' new indices in the label image
+            lut = np.zeros(len(clouds) + 1, np.uint16)
+            lut[1:][~on_plane] = np.arange(1, len(instances) + 1)
+            label = lut[label]
         timings["cloud_filter"] = t_filter * 1e3
         timings["geometry"] = t_geom * 1e3
         timings["total"] = sum(timings.values())

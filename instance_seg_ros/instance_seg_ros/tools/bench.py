@@ -63,7 +63,8 @@ __all__ = [
 ]
 
 #: Stages timed per run, in pipeline order.
-STAGES = ("decode", "preprocess", "inference", "postprocess", "lift", "cloud_filter", "geometry", "message")
+STAGES = ("decode", "preprocess", "inference", "postprocess", "lift", "support_plane", "cloud_filter", "geometry",
+          "message")
 #: Stages outside the network (the issue's "overhead"): everything but ``inference``.
 OUTSIDE_NETWORK = tuple(s for s in STAGES if s != "inference")
 FRAME_ID = "camera_color_optical_frame"
@@ -158,7 +159,7 @@ def _time_runs(
                 build_msg(result)
             t3 = time.perf_counter()
             samples["decode"].append((t1 - t0) * 1e3)
-            for s in ("preprocess", "inference", "postprocess", "lift", "cloud_filter", "geometry"):
+            for s in ("preprocess", "inference", "postprocess", "lift", "support_plane", "cloud_filter", "geometry"):
                 samples[s].append(float(result.timings.get(s, 0.0)))
             samples["message"].append((t3 - t2) * 1e3 if build_msg is not None else float("nan"))
             e2e.append((t3 - t0) * 1e3)
@@ -228,7 +229,7 @@ def build_config(
     ``params`` (a config / ROS params YAML; default: the built-in defaults), then ``overrides`` (dotted keys),
     ``device`` (``model.device``) and ``instances`` (``model.max_instances``). ``bundled`` weights fall back to
     untrained ones of the configured backbone while no bundled model is shipped; untrained weights get score and
-    mask thresholds 0 unless overridden.
+    mask thresholds 0 and the support-plane check off unless overridden.
     """
     from ..core.config import Config
     from ..core.model import BUNDLED_WEIGHTS
@@ -251,6 +252,9 @@ def build_config(
             if key not in overrides and flat[key] != 0.0:
                 flat[key] = 0.0
                 notes.append(f"untrained weights: {key}=0 so every detection counts")
+        if "filter.support_plane" not in overrides and flat["filter.support_plane"] != "off":
+            flat["filter.support_plane"] = "off"
+            notes.append("untrained weights: filter.support_plane=off so every detection counts")
     return Config.from_flat(flat), notes
 
 
