@@ -144,6 +144,20 @@ def test_predictions_equal_to_ground_truth_score_perfectly(bags, tmp_path, fmt):
     assert r["fps"] == pytest.approx(10.0)  # the recorder's rate
 
 
+def test_ground_truth_scored_against_itself_is_perfect(bags, tmp_path, capsys):
+    """``--predictions-topic`` naming the ground-truth topic is a sanity check: every frame pairs with itself."""
+    bag = bags["mcap", False, "16UC1"]
+    r = evaluate(bag, predictions_topic=GT_TOPIC, gt_topic=GT_TOPIC, config=_config())
+    assert r["frames"]["evaluated"] == N and r["frames"]["rejected"] == 0
+    for k in AP_KEYS:
+        assert r["coco"][k] == pytest.approx(1.0), k
+    assert r["matching"]["recall"] == r["matching"]["precision"] == 1.0
+    out = tmp_path / "self"
+    assert main(["eval", str(bag), "--predictions-topic", GT_TOPIC, "--gt-topic", GT_TOPIC, "--out", str(out),
+                 "--quiet"]) == 0
+    assert f"{N} of {N} frames evaluated, 0 rejected; mask AP 100.0" in capsys.readouterr().out
+
+
 def test_one_removed_instance_lowers_recall_by_one_object(bags, tmp_path):
     src = bags["mcap", False, "16UC1"]
     bag = with_predictions(src, tmp_path / "bag", lambda i, m: dataclasses.replace(m, instances=m.instances[1:])

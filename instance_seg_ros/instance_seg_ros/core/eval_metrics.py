@@ -9,7 +9,8 @@ gives, in :meth:`FrameScorer.summarize`:
 - ``pr_curves``: COCOeval's interpolated precision at its 101 recall points (area ``all``, the largest
   ``maxDets``), for IoU 0.5, 0.75 and the mean over 0.5:0.95, visible and amodal;
 - ``matching``: greedy one-to-one matching (:func:`~.matching.match_instances`, descending score, visible-mask
-  IoU >= ``iou_threshold``): matched, recall, precision, mean IoU of the matches;
+  IoU >= ``iou_threshold``): matched, recall, precision, mean IoU of the matches and the mean IoU of their amodal
+  masks (``mean_amodal_iou``), unmatched predictions per frame;
 - ``occlusion``: over the matches, the mean absolute error of the occluded fraction, the accuracy of
   ``is_occluded`` against the ground truth's own flag, and both per ground-truth occlusion level (bins of 0.1);
 - ``centroid_error_mm``: |predicted - true centroid| in millimetres over the matches where both centroids are
@@ -38,7 +39,7 @@ from typing import Any
 import numpy as np
 
 from .coco_eval import AmodalCocoEvaluator
-from .matching import match_instances
+from .matching import crop_iou_matrix, match_instances
 from .types import FrameResult
 
 __all__ = ["OCCLUSION_BINS", "FrameScorer", "ScoreError", "distribution"]
@@ -126,6 +127,7 @@ class FrameScorer:
         self._num_gt = 0
         self._num_pred = 0
         self._ious: list[float] = []
+        self._amodal_ious: list[float] = []
         self._occ_err: list[float] = []
         self._occ_gt: list[float] = []
         self._occ_flag_ok: list[bool] = []
@@ -147,7 +149,7 @@ class FrameScorer:
             stamp_ns: the frame's stamp, kept in the per-frame record.
 
         Returns:
-            The frame's record: ``{"image_id", "stamp_ns", "gt", "pred", "matched", "mean_iou"}``.
+            The frame's record: ``{"image_id", "stamp_ns", "gt", "pred", "matched", "unmatched", "mean_iou"}``.
 
         Raises:
             ScoreError: the two results describe images of different sizes.
@@ -173,6 +175,7 @@ class FrameScorer:
         for m in matches:
             p, t = pred.instances[m.pred], gt.instances[m.gt]
             self._ious.append(m.iou)
+            self._amodal_ious.append(float(crop_iou_matrix([p], [t], amodal=True)[0, 0]))
             self._occ_err.append(abs(float(p.occlusion) - float(t.occlusion)))
             self._occ_gt.append(float(t.occlusion))
             self._occ_flag_ok.append(bool(p.is_occluded) == bool(t.is_occluded))
@@ -186,6 +189,7 @@ class FrameScorer:
                 self._cloud_all += n
         record = {"image_id": image_id, "stamp_ns": None if stamp_ns is None else int(stamp_ns), "gt": g,
                   "pred": len(pred.instances), "matched": len(matches),
+                  "unmatched": len(pred.instances) - len(matches),
                   "mean_iou": float(np.mean([m.iou for m in matches])) if matches else None}
         self.frames.append(record)
         return record
@@ -238,6 +242,9 @@ class FrameScorer:
                 "recall": n_match / self._num_gt if self._num_gt else math.nan,
                 "precision": n_match / self._num_pred if self._num_pred else math.nan,
                 "mean_iou": float(np.mean(self._ious)) if n_match else math.nan,
+                "mean_amodal_iou": float(np.mean(self._amodal_ious)) if n_match else math.nan,
+                "unmatched": self._num_pred - n_match,
+                "unmatched_per_frame": (self._num_pred - n_match) / len(self.frames) if self.frames else math.nan,
             },
             "occlusion": {
                 "mae_coco": coco["occlusion_mae"],

@@ -58,6 +58,7 @@ __all__ = [
     "bag_topics",
     "command_line",
     "evaluate",
+    "ground_truth_result",
     "run",
 ]
 
@@ -270,34 +271,73 @@ class JsonGroundTruth:
             vis[i] = _decode_segmentation(mask_utils, ann["segmentation"], h, w, self.path)
             amo[i] = vis[i] | (_decode_segmentation(mask_utils, ann["amodal_segmentation"], h, w, self.path)
                                if ann.get("amodal_segmentation") else vis[i])
-        clouds = None
-        if depth is not None and K is not None and len(anns):
-            from ..core.lifting import lift_instances
+        return ground_truth_result(
+            vis, amo, depth=depth, K=K, depth_min=depth_min, depth_max=depth_max,
+            occlusion_threshold=occlusion_threshold,
+            occlusion=[ann.get("occlusion") for ann in anns], is_occluded=[ann.get("is_occluded") for ann in anns],
+            centroids=[ann.get("centroid") for ann in anns], class_ids=[int(ann.get("category_id", 1)) for ann in anns],
+            class_names=[str(ann.get("object_name", "object")) for ann in anns])
 
-            clouds = lift_instances(depth, vis, K, depth_min=depth_min, depth_max=depth_max,
-                                    flying_pixel_threshold=0.0)
-        label = np.zeros((h, w), np.uint16)
-        instances = []
-        for i, ann in enumerate(anns):
-            area, aarea = int(vis[i].sum()), int(amo[i].sum())
-            occ = float(ann["occlusion"]) if ann.get("occlusion") is not None else (
-                1.0 - area / aarea if aarea else 0.0)
-            pts = clouds[i].points if clouds is not None else np.zeros((0, 3), np.float32)
-            if ann.get("centroid") is not None:
-                c = np.asarray(ann["centroid"], dtype=np.float64).reshape(3)
-            else:
-                c = pts.astype(np.float64).mean(axis=0) if pts.shape[0] else np.zeros(3)
-            bbox, crop = _box_and_crop(vis[i])
-            abox, acrop = _box_and_crop(amo[i])
-            label[vis[i] & (label == 0)] = i + 1
-            instances.append(InstanceResult(
-                index=i + 1, class_id=int(ann.get("category_id", 1)),
-                class_name=str(ann.get("object_name", "object")), score=1.0, bbox=bbox, mask=crop,
-                amodal_bbox=abox, amodal_mask=acrop, occlusion=occ,
-                is_occluded=bool(ann["is_occluded"]) if "is_occluded" in ann else occ > occlusion_threshold,
-                points=pts, depth_coverage=clouds[i].depth_coverage if clouds is not None else 0.0, centroid=c,
-            ))
-        return FrameResult(width=w, height=h, instances=instances, label_image=label)
+
+def ground_truth_result(
+    visible: np.ndarray,
+    amodal: np.ndarray | None = None,
+    *,
+    depth: np.ndarray | None = None,
+    K: Intrinsics | None = None,
+    depth_min: float = 0.1,
+    depth_max: float = 5.0,
+    occlusion_threshold: float = 0.1,
+    occlusion: list[float | None] | None = None,
+    is_occluded: list[bool | None] | None = None,
+    centroids: list[Any] | None = None,
+    class_ids: list[int] | None = None,
+    class_names: list[str] | None = None,
+) -> FrameResult:
+    """Ground-truth masks of one image as a :class:`FrameResult` (score 1.0), the form the scorers compare.
+
+    Args:
+        visible (np.ndarray[G, H, W] bool): visible masks. amodal (np.ndarray[G, H, W] bool | None): amodal masks
+            (``None``: the visible ones); each is united with its visible mask.
+        depth (np.ndarray[H, W] float32 | None), K: the frame's depth (meters, NaN invalid) and intrinsics; when
+            given, each visible mask is lifted to the object's points (for the centroid where none is given, and
+            the cloud precision).
+        occlusion, is_occluded, centroids, class_ids, class_names: per object, ``None`` entries (or lists) for
+            unknown: occlusion = ``1 - visible area / amodal area``; is_occluded = occlusion above
+            ``occlusion_threshold``; centroid = the mean of the lifted points (zeros without depth).
+    """
+    vis = np.asarray(visible, bool)
+    g, h, w = vis.shape
+    amo = vis.copy() if amodal is None else (np.asarray(amodal, bool) | vis)
+    clouds = None
+    if depth is not None and K is not None and g:
+        from ..core.lifting import lift_instances
+
+        clouds = lift_instances(depth, vis, K, depth_min=depth_min, depth_max=depth_max, flying_pixel_threshold=0.0)
+    label = np.zeros((h, w), np.uint16)
+    instances = []
+    for i in range(g):
+        area, aarea = int(vis[i].sum()), int(amo[i].sum())
+        given = occlusion[i] if occlusion is not None else None
+        occ = float(given) if given is not None else (1.0 - area / aarea if aarea else 0.0)
+        flag = is_occluded[i] if is_occluded is not None else None
+        pts = clouds[i].points if clouds is not None else np.zeros((0, 3), np.float32)
+        c_given = centroids[i] if centroids is not None else None
+        if c_given is not None:
+            c = np.asarray(c_given, dtype=np.float64).reshape(3)
+        else:
+            c = pts.astype(np.float64).mean(axis=0) if pts.shape[0] else np.zeros(3)
+        bbox, crop = _box_and_crop(vis[i])
+        abox, acrop = _box_and_crop(amo[i])
+        label[vis[i] & (label == 0)] = i + 1
+        instances.append(InstanceResult(
+            index=i + 1, class_id=class_ids[i] if class_ids else 1,
+            class_name=class_names[i] if class_names else "object", score=1.0, bbox=bbox, mask=crop,
+            amodal_bbox=abox, amodal_mask=acrop, occlusion=occ,
+            is_occluded=bool(flag) if flag is not None else occ > occlusion_threshold,
+            points=pts, depth_coverage=clouds[i].depth_coverage if clouds is not None else 0.0, centroid=c,
+        ))
+    return FrameResult(width=w, height=h, instances=instances, label_image=label)
 
 
 def _decode_segmentation(mask_utils: Any, seg: Any, h: int, w: int, path: Path) -> np.ndarray:
@@ -643,6 +683,8 @@ def _score_predictions(reader: Any, state: _Run, pred_topic: str, gt_topic: str 
                     state.score(stamp, pred, gt, lat)
                 else:
                     state.add_pred(stamp, pred, lat)
+                    if conn.topic == gt_topic:  # the same topic as ground truth: a sanity check that scores 1.0
+                        state.add_gt(stamp, pred)
             elif msg is None:
                 state.notes["ground-truth messages not deserializable"] += 1
             else:
@@ -783,7 +825,16 @@ def _replay(reader: Any, state: _Run, seg: Any, config: Any, inputs: dict[str, A
 
 # ---------------------------------------------------------------------------------------- CLI
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("bag", help="rosbag2 directory (mcap or sqlite3 storage)")
+    parser.add_argument("bag", nargs="?", default=None, help="rosbag2 directory (mcap or sqlite3 storage)")
+    parser.add_argument("--frames", default=None, metavar="DIR",
+                        help="evaluate folders of RGB-D frames under DIR instead of a bag (our layout: rgb.png, "
+                             "depth.png, K.json, label.png, amodal/; or OSD, OCID): see docs/eval.md")
+    parser.add_argument("--layout", default="auto", choices=("auto", "folder", "osd", "ocid"),
+                        help="--frames: the dataset layout (auto-detected by default)")
+    parser.add_argument("--baseline", default=None, choices=("plane",),
+                        help="--frames: also score the classical RANSAC-plane + Euclidean-clusters pipeline")
+    parser.add_argument("--intrinsics", default=None, metavar="FX,FY,CX,CY,W,H",
+                        help="--frames: intrinsics for layouts without a K.json (OSD, OCID; their defaults otherwise)")
     parser.add_argument("--image-topic", default=None,
                         help=f"color topic, Image or CompressedImage (default {COLOR_TOPIC}, or {COMPRESSED_TOPIC} "
                              "when only that one is in the bag)")
@@ -837,6 +888,17 @@ def run(args: argparse.Namespace) -> int:
     from .bench import BenchError, _parse_set, build_config
     from .eval_report import write_outputs
 
+    if (args.bag is None) == (args.frames is None):
+        print("isr eval: error: give a bag (isr eval BAG) or a folder of frames (isr eval --frames DIR), "
+              "not both and not neither.", file=sys.stderr)
+        return 2
+    if args.frames is not None:
+        from .eval_frames import run_frames
+
+        return run_frames(args)
+    if args.baseline or args.intrinsics or args.layout != "auto":
+        print("isr eval: error: --baseline, --layout and --intrinsics apply to --frames only.", file=sys.stderr)
+        return 2
     log = (lambda _m: None) if args.quiet else (lambda m: print(f"isr eval: {m}", file=sys.stderr))
     if args.out is None:
         args.out = f"{Path(args.bag).name.rstrip('/') or 'bag'}_eval"
