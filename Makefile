@@ -15,11 +15,14 @@ PKG_SRC := instance_seg_ros/setup.py instance_seg_ros/setup.cfg instance_seg_ros
 	$(wildcard instance_seg_ros/launch/*.py) $(wildcard instance_seg_ros/config/*.yaml)
 PYTEST_ARGS ?=
 
-.PHONY: help setup test demo lint format clean distclean
+REALDATA ?= ../shared/realdata
+
+.PHONY: help setup test demo eval-real lint format clean distclean
 
 help:
 	@echo "make test    set up (venv, ROS 2 wheels, colcon build), lint, run the tests"
 	@echo "make demo    set up, then run the demo (sim camera + instance_seg_node), outputs in demo_out/"
+	@echo "make eval-real  the shipped model and the plane baseline on the real frames in REALDATA -> eval_real/"
 	@echo "make setup   only the set-up;  then: source env.sh"
 	@echo "make lint | clean | distclean"
 
@@ -53,11 +56,14 @@ test: setup
 demo: setup
 	source ./env.sh && isr demo
 
+eval-real: setup
+	source ./env.sh && isr eval --frames $(REALDATA) --baseline plane --out eval_real
+
 format: setup
 	source ./env.sh && ruff check --fix instance_seg_ros && ruff format instance_seg_ros
 
 clean:
-	rm -rf build install log $(STAMPS)/build demo_out
+	rm -rf build install log $(STAMPS)/build demo_out eval_real
 
 distclean: clean
 	rm -rf $(VENV) $(STAMPS)
