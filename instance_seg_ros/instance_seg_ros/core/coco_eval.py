@@ -33,7 +33,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["METRIC_KEYS", "AmodalCocoEvaluator", "EvalError", "encode_masks"]
+__all__ = ["METRIC_KEYS", "AmodalCocoEvaluator", "EvalError", "decode_segmentation", "encode_masks"]
 
 _STAT_NAMES = ("ap", "ap50", "ap75", "ap_small", "ap_medium", "ap_large", "ar1", "ar10", "ar100")
 METRIC_KEYS = (
@@ -73,6 +73,36 @@ def encode_masks(masks: Any) -> list[dict[str, Any]]:
     for r in rles:
         r["counts"] = r["counts"].decode("ascii")
     return rles
+
+
+def decode_segmentation(seg: Any, height: int, width: int) -> np.ndarray:
+    """A COCO ``segmentation`` (polygon list, uncompressed RLE with a ``counts`` list, or compressed RLE with
+    ``counts`` as str / bytes) → np.ndarray[height, width] bool.
+
+    Raises:
+        EvalError: it is none of these, cannot be decoded, or decodes to another size (the message says which).
+    """
+    from pycocotools import mask as mask_utils
+
+    h, w = int(height), int(width)
+    try:
+        if isinstance(seg, list):  # polygons
+            rle = mask_utils.merge(mask_utils.frPyObjects([list(map(float, p)) for p in seg], h, w))
+        elif isinstance(seg, dict) and isinstance(seg.get("counts"), list):  # uncompressed RLE
+            rle = mask_utils.frPyObjects(seg, h, w)
+        elif isinstance(seg, dict):
+            counts = seg["counts"]
+            rle = {"size": list(seg["size"]), "counts": counts.encode("ascii") if isinstance(counts, str) else counts}
+        else:
+            raise TypeError(f"a segmentation is a polygon list or an RLE dict, got {type(seg).__name__}")
+        with warnings.catch_warnings():  # pycocotools vs numpy 2's copy keyword
+            warnings.simplefilter("ignore", DeprecationWarning)
+            m = mask_utils.decode(rle)
+    except (TypeError, KeyError, ValueError) as exc:
+        raise EvalError(f"a segmentation cannot be decoded ({exc}).") from exc
+    if m.shape[:2] != (h, w):
+        raise EvalError(f"a segmentation is {m.shape[1]}x{m.shape[0]} but its image is {w}x{h}.")
+    return m.reshape(h, w).astype(bool)
 
 
 class AmodalCocoEvaluator:

@@ -24,6 +24,7 @@ from .types import Intrinsics
 
 __all__ = [
     "LiftedCloud",
+    "box_and_crop",
     "crop",
     "filter_cloud",
     "label_image",
@@ -489,6 +490,13 @@ def mask_bbox(mask: np.ndarray | torch.Tensor) -> tuple[int, int, int, int]:
         raise FrameError(f"mask must have shape [H, W], got {list(mask.shape)}.")
     b = mask_bboxes(mask[None])[0]
     return int(b[0]), int(b[1]), int(b[2]), int(b[3])
+
+
+def box_and_crop(mask: np.ndarray) -> tuple[tuple[int, int, int, int], np.ndarray]:
+    """Tight box ``(x, y, w, h)`` of one [H, W] mask and a bool copy of the mask cropped to it (``(0, 0, 0, 0)``
+    and a [0, 0] crop when empty): the ``bbox`` / ``mask`` pair of an :class:`~.types.InstanceResult`."""
+    box = mask_bbox(mask)
+    return box, np.array(crop(np.asarray(mask), box), dtype=bool)
 
 
 def crop(mask: np.ndarray | torch.Tensor, bbox: tuple[int, int, int, int]) -> np.ndarray | torch.Tensor:
