@@ -97,7 +97,8 @@ def _write_sim_frames(root: Path) -> None:
 @pytest.mark.slow
 def test_simulated_frames_through_an_untrained_model(tmp_path):
     from instance_seg_ros.tools.bench import build_config
-    from instance_seg_ros.tools.eval_frames import evaluate_frames, write_frames_outputs
+    from instance_seg_ros.tools.eval_frames import evaluate_frames
+    from instance_seg_ros.tools.eval_frames_report import write_frames_outputs
 
     _write_sim_frames(tmp_path / "frames")
     cfg, _ = build_config(CONFIG, {"filter.support_plane": "auto"})

@@ -40,13 +40,10 @@ import numpy as np
 
 from ..core.types import FrameResult, InstanceResult, Intrinsics
 
-__all__ = ["METHODS", "evaluate_frames", "run_frames", "write_frames_outputs"]
+__all__ = ["METHODS", "evaluate_frames", "run_frames"]
 
 #: method keys -> the names the report shows
 METHODS = {"model": "model", "model_no_plane_check": "model, no plane check", "plane": "plane + clusters baseline"}
-
-SHEET = "contact_sheet.png"
-_TILE_W = 320
 
 
 class _Method:
@@ -137,10 +134,8 @@ def evaluate_frames(
         ConfigError / WeightsError: the model cannot be built from ``config``.
     """
     from ..core.config import Config
-    from ..core.eval_metrics import ScoreError
-    from ..core.images import FrameError
-    from .evaluate import EvalError, ground_truth_result
-    from .frames import FramesError, find_frames, load_frame
+    from .evaluate import EvalError
+    from .frames import FramesError, find_frames
 
     log = log or (lambda _m: None)
     if baseline not in (None, "plane"):
@@ -155,353 +150,176 @@ def evaluate_frames(
         refs = refs[: int(max_frames)]
     if config is None:
         config = segmenter.config if segmenter is not None else Config()
-    seg = segmenter
-    if seg is None:
+    if segmenter is None:
         import torch
 
         from ..core.pipeline import Segmenter
 
         torch.manual_seed(int(seed))
-        seg = Segmenter(config, log=log)
-        seg.load()
-    plane_check = config.filter.support_plane != "off"
-    try:
-        methods = {"model": _Method("model", iou_threshold, cloud_tolerance)}
-        if plane_check:
-            methods["model_no_plane_check"] = _Method("model_no_plane_check", iou_threshold, cloud_tolerance)
-        if baseline == "plane":
-            methods["plane"] = _Method("plane", iou_threshold, cloud_tolerance)
-    except ScoreError as exc:
-        raise EvalError(str(exc)) from exc
-    base = None
-    if baseline == "plane":
-        from .plane_baseline import PlaneClusterBaseline
-
-        base = PlaneClusterBaseline(seed=int(seed))
-
-    rejected: Counter[str] = Counter()
-    examples: dict[str, str] = {}
-    per_frame: list[dict[str, Any]] = []
-    sheet: list[dict[str, Any]] = []
-    layouts: Counter[str] = Counter()
-    check = {"frames": 0, "frames_with_plane": 0, "plane_support": [], "dropped": 0, "dropped_matching_gt": 0,
-             "dropped_matching_gt_examples": []}
-    amodal_frames = 0
-    t_start = time.perf_counter()
+        segmenter = Segmenter(config, log=log)
+        segmenter.load()
+    run = _FramesRun(config, segmenter, baseline, iou_threshold, cloud_tolerance, seed, log, keep_sheet)
     from tqdm import tqdm
 
+    t_start = time.perf_counter()
     for ref in tqdm(refs, desc="isr eval", unit="frame", disable=not progress, file=sys.stderr):
-        t0 = time.perf_counter()
-        try:
-            frame = load_frame(ref, depth_scale=config.depth.scale_16uc1)
-        except FramesError as exc:
-            rejected["frame not readable"] += 1
-            examples.setdefault("frame not readable", f"{ref.name}: {exc}")
-            continue
-        load_ms = (time.perf_counter() - t0) * 1e3
-        layouts[frame.layout] += 1
-        gt = gt_labels = None
-        if frame.visible is not None:
-            gt = ground_truth_result(frame.visible, frame.amodal, depth=frame.depth, K=frame.K,
-                                     depth_min=config.depth.min, depth_max=config.depth.max,
-                                     occlusion_threshold=config.occlusion.threshold)
-            gt_labels = gt.label_image
-            amodal_frames += frame.amodal is not None
-        rec: dict[str, Any] = {"name": frame.name, "layout": frame.layout,
-                               "gt": None if gt is None else len(gt.instances),
-                               "amodal_gt": frame.amodal is not None, "notes": list(getattr(frame, "notes", []))}
-        try:
-            t1 = time.perf_counter()
-            result = seg.process(frame.color, frame.depth, frame.K)
-            t2 = time.perf_counter()
-        except FrameError as exc:
-            rejected["frame refused by the pipeline"] += 1
-            examples.setdefault("frame refused by the pipeline", f"{ref.name}: {exc}")
-            continue
-        lat = {"load": load_ms, **result.timings, "end_to_end": (t2 - t1) * 1e3}
-        methods_rec = {"model": methods["model"].add(result, gt, gt_labels, lat)}
-        if plane_check:
-            full = _with_dropped(result)
-            methods_rec["model_no_plane_check"] = methods["model_no_plane_check"].add(
-                full, gt, gt_labels, {k: v for k, v in lat.items() if k != "support_plane"})
-            plane = result.support_plane
-            check["frames"] += 1
-            check["frames_with_plane"] += plane is not None
-            if plane is not None:
-                check["plane_support"].append(float(plane.support))
-            check["dropped"] += len(result.dropped)
-            hit = [d for d in result.dropped if gt is not None and _matches_gt(d, gt, iou_threshold)]
-            check["dropped_matching_gt"] += len(hit)
-            check["dropped_matching_gt_examples"] += [f"{frame.name} #{d.index} score {d.score:.2f}" for d in hit]
-            rec["support_plane"] = {"found": plane is not None,
-                                    "support": None if plane is None else round(float(plane.support), 3),
-                                    "dropped": len(result.dropped), "dropped_matching_gt": len(hit)}
-        base_result = None
-        if base is not None:
-            t1 = time.perf_counter()
-            base_result = base.process(frame.color, frame.depth, frame.K)
-            e2e = (time.perf_counter() - t1) * 1e3
-            methods_rec["plane"] = methods["plane"].add(
-                base_result, gt, gt_labels, {"load": load_ms, **base_result.timings, "end_to_end": e2e})
-        rec["methods"] = methods_rec
-        per_frame.append(rec)
-        if len(sheet) < keep_sheet:
-            sheet.append({"name": frame.name, "color": frame.color, "gt": gt, "model": result, "plane": base_result,
-                          "rec": rec})
-        log(f"{frame.name}: " + "; ".join(
-            f"{METHODS[k]} {r.get('matched', '-')}/{rec['gt'] if rec['gt'] is not None else '-'} found, "
-            f"{r.get('unmatched', r['pred'])} unmatched" for k, r in methods_rec.items()))
-    wall_s = time.perf_counter() - t_start
+        run.frame(ref)
+    report = run.report(root, refs, time.perf_counter() - t_start)
+    return report, run.sheet
 
-    from ..core.eval_metrics import distribution
 
-    supports = check.pop("plane_support")
-    check["plane_support"] = distribution(supports)
-    if plane_check:
+class _PlaneCheck:
+    """What the support-plane check did over the frames: planes found, detections dropped, labelled ones among them."""
+
+    def __init__(self, iou_threshold: float) -> None:
+        self.iou_threshold = iou_threshold
+        self.frames = self.with_plane = self.dropped = self.dropped_gt = 0
+        self.supports: list[float] = []
+        self.examples: list[str] = []
+
+    def add(self, name: str, result: FrameResult, gt: FrameResult | None) -> dict[str, Any]:
+        plane = result.support_plane
+        self.frames += 1
+        self.with_plane += plane is not None
+        if plane is not None:
+            self.supports.append(float(plane.support))
+        self.dropped += len(result.dropped)
+        hit = [d for d in result.dropped if gt is not None and _matches_gt(d, gt, self.iou_threshold)]
+        self.dropped_gt += len(hit)
+        self.examples += [f"{name} #{d.index} score {d.score:.2f}" for d in hit]
+        return {"found": plane is not None, "support": None if plane is None else round(float(plane.support), 3),
+                "dropped": len(result.dropped), "dropped_matching_gt": len(hit)}
+
+    def summary(self, methods: dict[str, _Method]) -> dict[str, Any]:
+        from ..core.eval_metrics import distribution
+
         before = methods["model_no_plane_check"].scorer.summarize()["matching"]
         after = methods["model"].scorer.summarize()["matching"]
-        check["unmatched_removed"] = before["unmatched"] - after["unmatched"]
-        check["matched_lost"] = before["matched"] - after["matched"]
-    labelled = sum(1 for r in per_frame if r["gt"] is not None)
-    from .evaluate import _model_info
+        return {"frames": self.frames, "frames_with_plane": self.with_plane,
+                "plane_support": distribution(self.supports), "dropped": self.dropped,
+                "dropped_matching_gt": self.dropped_gt,
+                "dropped_matching_gt_examples": self.examples,
+                "unmatched_removed": before["unmatched"] - after["unmatched"],
+                "matched_lost": before["matched"] - after["matched"]}
 
-    model = _model_info(seg)
-    if per_frame:
-        h, w = sheet[0]["color"].shape[:2] if sheet else (0, 0)
-        if h:
-            lo, hi = seg.predictor.input_size(h, w)
+
+class _FramesRun:
+    """One ``isr eval --frames`` run: the methods' scorers, the support-plane check, rejections, per-frame records."""
+
+    def __init__(self, config: Any, seg: Any, baseline: str | None, iou_threshold: float, cloud_tolerance: float,
+                 seed: int, log: Callable[[str], None], keep_sheet: int) -> None:
+        from ..core.eval_metrics import ScoreError
+        from .evaluate import EvalError
+
+        self.config, self.seg, self.log, self.keep_sheet = config, seg, log, keep_sheet
+        self.iou_threshold, self.seed, self.baseline = float(iou_threshold), int(seed), baseline
+        keys = ["model"]
+        self.check = _PlaneCheck(self.iou_threshold) if config.filter.support_plane != "off" else None
+        if self.check is not None:
+            keys.append("model_no_plane_check")
+        self.base = None
+        if baseline == "plane":
+            from .plane_baseline import PlaneClusterBaseline
+
+            keys.append("plane")
+            self.base = PlaneClusterBaseline(seed=self.seed)
+        try:
+            self.methods = {k: _Method(k, iou_threshold, cloud_tolerance) for k in keys}
+        except ScoreError as exc:
+            raise EvalError(str(exc)) from exc
+        self.rejected: Counter[str] = Counter()
+        self.examples: dict[str, str] = {}
+        self.per_frame: list[dict[str, Any]] = []
+        self.sheet: list[dict[str, Any]] = []
+        self.layouts: Counter[str] = Counter()
+        self.amodal_frames = 0
+
+    def _reject(self, reason: str, detail: str) -> None:
+        self.rejected[reason] += 1
+        self.examples.setdefault(reason, detail)
+
+    def _ground_truth(self, frame: Any) -> FrameResult | None:
+        from .evaluate import ground_truth_result
+
+        if frame.visible is None:
+            return None
+        c = self.config
+        self.amodal_frames += frame.amodal is not None
+        return ground_truth_result(frame.visible, frame.amodal, depth=frame.depth, K=frame.K, depth_min=c.depth.min,
+                                   depth_max=c.depth.max, occlusion_threshold=c.occlusion.threshold)
+
+    def frame(self, ref: Any) -> None:
+        """Load, run every method on, and score one frame (or count why it could not be)."""
+        from ..core.images import FrameError
+        from .frames import FramesError, load_frame
+
+        t0 = time.perf_counter()
+        try:
+            frame = load_frame(ref, depth_scale=self.config.depth.scale_16uc1)
+        except FramesError as exc:
+            return self._reject("frame not readable", f"{ref.name}: {exc}")
+        load_ms = (time.perf_counter() - t0) * 1e3
+        self.layouts[frame.layout] += 1
+        gt = self._ground_truth(frame)
+        labels = None if gt is None else gt.label_image
+        rec: dict[str, Any] = {"name": frame.name, "layout": frame.layout,
+                               "gt": None if gt is None else len(gt.instances), "amodal_gt": frame.amodal is not None,
+                               "notes": list(getattr(frame, "notes", []))}
+        try:
+            t1 = time.perf_counter()
+            result = self.seg.process(frame.color, frame.depth, frame.K)
+            t2 = time.perf_counter()
+        except FrameError as exc:
+            return self._reject("frame refused by the pipeline", f"{ref.name}: {exc}")
+        lat = {"load": load_ms, **result.timings, "end_to_end": (t2 - t1) * 1e3}
+        methods = {"model": self.methods["model"].add(result, gt, labels, lat)}
+        if self.check is not None:
+            methods["model_no_plane_check"] = self.methods["model_no_plane_check"].add(
+                _with_dropped(result), gt, labels, {k: v for k, v in lat.items() if k != "support_plane"})
+            rec["support_plane"] = self.check.add(frame.name, result, gt)
+        base_result = None
+        if self.base is not None:
+            t1 = time.perf_counter()
+            base_result = self.base.process(frame.color, frame.depth, frame.K)
+            lat = {"load": load_ms, **base_result.timings, "end_to_end": (time.perf_counter() - t1) * 1e3}
+            methods["plane"] = self.methods["plane"].add(base_result, gt, labels, lat)
+        rec["methods"] = methods
+        self.per_frame.append(rec)
+        if len(self.sheet) < self.keep_sheet:
+            self.sheet.append({"name": frame.name, "color": frame.color, "gt": gt, "model": result,
+                               "plane": base_result, "rec": rec})
+        self.log(f"{frame.name}: " + "; ".join(
+            f"{METHODS[k]} {r.get('matched', '-')}/{rec['gt'] if rec['gt'] is not None else '-'} found, "
+            f"{r.get('unmatched', r['pred'])} unmatched" for k, r in methods.items()))
+
+    def report(self, root: str | Path, refs: list[Any], wall_s: float) -> dict[str, Any]:
+        """The ``metrics.json`` document."""
+        from .evaluate import _model_info
+
+        model = _model_info(self.seg)
+        if self.sheet:
+            h, w = self.sheet[0]["color"].shape[:2]
+            lo, hi = self.seg.predictor.input_size(h, w)
             model["network_input"] = f"short side {lo}, long side at most {hi} (for {w}x{h} frames)"
-    report = {
-        "tool": "isr eval",
-        "mode": "frames",
-        "frames_root": str(root),
-        "layouts": dict(layouts),
-        "model": model,
-        "baseline": baseline,
-        "config": config.to_flat(),
-        "seed": int(seed),
-        "iou_threshold": float(iou_threshold),
-        "frames": {"found": len(refs), "evaluated": len(per_frame), "labelled": labelled,
-                   "with_amodal_gt": amodal_frames, "rejected": int(sum(rejected.values())),
-                   "rejected_by_reason": dict(rejected), "rejected_examples": examples},
-        "methods": {k: {"name": METHODS[k], **m.summary()} for k, m in methods.items()},
-        "support_plane_check": check if plane_check else None,
-        "wall_s": wall_s,
-        "per_frame": per_frame,
-    }
-    return report, sheet
-
-
-# ---------------------------------------------------------------------------------------- outputs
-def write_frames_outputs(report: dict[str, Any], sheet: list[dict[str, Any]], out: str | Path) -> list[Path]:
-    """Write ``report.md``, ``metrics.json`` and ``contact_sheet.png`` into ``out``; returns the paths."""
-    import json
-
-    from .eval_report import to_json
-
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    report = dict(report)
-    report["contact_sheet"] = SHEET if sheet else None
-    (out / "metrics.json").write_text(json.dumps(to_json(report), indent=1) + "\n")
-    paths = [out / "report.md", out / "metrics.json"]
-    if sheet:
-        contact_sheet(sheet, out / SHEET)
-        paths.append(out / SHEET)
-    (out / "report.md").write_text(format_frames_markdown(report))
-    return paths
-
-
-def _f(v: Any, digits: int = 3) -> str:
-    if v is None or (isinstance(v, float) and not math.isfinite(v)):
-        return "n/a"
-    if isinstance(v, (int, np.integer)):
-        return str(int(v))
-    return f"{float(v):.{digits}f}"
-
-
-def headline_rows(report: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
-    """The summary table of a frames report: a column per method, a row per figure."""
-    ms = report["methods"]
-    keys = list(ms)
-    amodal = report["frames"]["with_amodal_gt"] > 0
-
-    def row(label: str, get: Callable[[dict[str, Any]], Any], digits: int = 3) -> list[str]:
-        vals = []
-        for k in keys:
-            try:
-                vals.append(_f(get(ms[k]), digits))
-            except (KeyError, TypeError):
-                vals.append("n/a")
-        return [label, *vals]
-
-    iou = _f(report["iou_threshold"], 2)
-
-    def uois(kind: str) -> list[str]:
-        return [" / ".join(_f((ms[k].get("uois") or {}).get(f"{kind}_{x}")) for x in ("precision", "recall", "f"))
-                for k in keys]
-
-    rows = [
-        [f"objects found (visible IoU >= {iou}, one-to-one) / labelled",
-         *(f"{ms[k]['matching']['matched']} / {ms[k]['matching']['num_gt']}" for k in keys)],
-        row(f"recall at IoU {iou}", lambda m: m["matching"]["recall"]),
-        row("unmatched detections per frame", lambda m: m["matching"]["unmatched_per_frame"], 2),
-        row(f"precision at IoU {iou}", lambda m: m["matching"]["precision"]),
-        ["Overlap P / R / F", *uois("overlap")],
-        ["Boundary P / R / F", *uois("boundary")],
-        row("F@.75 (share of objects with overlap F > 0.75)", lambda m: m["uois"]["f75"]),
-        row("mask AP (visible)", lambda m: m["coco"]["mask_ap"]),
-        row("mask AP50 (visible)", lambda m: m["coco"]["mask_ap50"]),
-    ]
-    if amodal:
-        rows += [row("amodal AP", lambda m: m["coco"]["amodal_ap"]),
-                 row("amodal AP50", lambda m: m["coco"]["amodal_ap50"]),
-                 row("amodal IoU of matched objects (mean)", lambda m: m["matching"]["mean_amodal_iou"]),
-                 row("occlusion MAE of matched objects", lambda m: m["occlusion"]["mae"])]
-    rows += [row("visible IoU of matched objects (mean)", lambda m: m["matching"]["mean_iou"]),
-             row("3D centroid error of matched objects, mm (median)", lambda m: m["centroid_error_mm"]["p50"], 1),
-             row("end-to-end ms per frame (median)", lambda m: m["latency_ms"]["end_to_end"]["p50"], 1)]
-    return ["figure", *(ms[k]["name"] for k in keys)], rows
-
-
-def format_frames_markdown(report: dict[str, Any]) -> str:
-    """The ``report.md`` text of a frames report."""
-    from .eval_report import _table
-
-    r = report
-    fr = r["frames"]
-    L = ["# isr eval report: RGB-D frames", "", "Command:", "", "```", r.get("command", "(called from Python)"), "```",
-         ""]
-    L += [f"Frames: {fr['evaluated']} of {fr['found']} evaluated under `{r['frames_root']}` "
-          f"({', '.join(f'{n} {k}' for k, n in r['layouts'].items()) or 'none'}); {fr['labelled']} labelled, "
-          f"{fr['with_amodal_gt']} with amodal masks; {fr['rejected']} rejected.", ""]
-    if fr["rejected_by_reason"]:
-        L += _table(["rejected because", "frames", "first example"],
-                    [[k, n, fr["rejected_examples"].get(k, "")] for k, n in fr["rejected_by_reason"].items()])
-    L += ["## Summary", ""]
-    header, rows = headline_rows(r)
-    L += _table(header, rows)
-    c = r.get("support_plane_check")
-    if c:
-        L += ["## Support-plane check (`filter.support_plane: auto`)", ""]
-        L += _table(["", "value"], [
-            ["frames with a support plane found", f"{c['frames_with_plane']} of {c['frames']}"],
-            ["plane support (share of valid depth): median / min",
-             f"{_f(c['plane_support']['p50'])} / {_f(_min_of(r))}"],
-            ["detections dropped", c["dropped"]],
-            [f"of which matched a labelled object (IoU >= {_f(r['iou_threshold'], 2)})", c["dropped_matching_gt"]],
-            ["unmatched detections removed", c.get("unmatched_removed", "n/a")],
-            ["labelled objects lost (matched before, not after)", c.get("matched_lost", "n/a")],
-        ])
-        if c["dropped_matching_gt_examples"]:
-            L += ["Dropped detections that matched a labelled object: "
-                  + ", ".join(c["dropped_matching_gt_examples"][:20]), ""]
-    L += ["## Per frame", "", "found / labelled, unmatched detections, overlap F, for each method.", ""]
-    keys = list(r["methods"])
-    rows = []
-    for rec in r["per_frame"]:
-        cells = [rec["name"], rec["gt"] if rec["gt"] is not None else "-"]
-        for k in keys:
-            m = rec["methods"].get(k, {})
-            cells.append(f"{m.get('matched', '-')}, {m.get('unmatched', m.get('pred', '-'))}, "
-                         f"{_f(m.get('overlap_f'), 2)}")
-        if c:
-            sp = rec.get("support_plane") or {}
-            cells.append(f"{'yes' if sp.get('found') else 'no'} {_f(sp.get('support'), 2)}, dropped "
-                         f"{sp.get('dropped', 0)}")
-        rows.append(cells)
-    L += _table(["frame", "labelled", *(r["methods"][k]["name"] for k in keys),
-                 *(["plane (support), dropped"] if c else [])], rows)
-    L += ["## Latency", "", "Per stage (ms) on this machine: load = reading the PNG files; end_to_end = the method "
-          "on one frame (for the model: `Segmenter.process`).", ""]
-    for k, m in r["methods"].items():
-        if k == "model_no_plane_check":
-            continue
-        L += [f"**{m['name']}** ({_f(m['fps'], 2)} fps)", ""]
-        L += _table(["stage", "p50", "p90", "max", "frames"],
-                    [[s, _f(d["p50"], 1), _f(d["p90"], 1), _f(d["max"], 1), d["count"]]
-                     for s, d in m["latency_ms"].items() if s != "total"])
-    if r.get("model"):
-        L += ["## Model", ""]
-        L += _table(["", ""], [[k.replace("_", " "), ", ".join(map(str, v)) if isinstance(v, list) else v]
-                               for k, v in r["model"].items()])
-    if r.get("contact_sheet"):
-        L += ["## Contact sheet", "", "Each row a frame: ground truth; the model (visible contours solid, amodal "
-              "dashed, detections dropped by the support-plane check grey); the baseline.", "",
-              f"![contact sheet]({r['contact_sheet']})", ""]
-    L += ["## Definitions", "",
-          "- Found / recall / precision / unmatched: greedy one-to-one matching in descending score at visible-mask "
-          f"IoU >= {_f(r['iou_threshold'], 2)}; unlabelled clutter (a keyboard, cables) counts as unmatched.",
-          "- Overlap and Boundary P/R/F, F@.75: UOIS-Net (Xie et al. 2021) definitions on label images (the "
-          "higher-scored detection owns an overlap), Hungarian matching on the overlap F-measure, boundary tolerance "
-          "0.3 % of the image diagonal; computed per frame and averaged over frames.",
-          "- AP: pycocotools `COCOeval(iouType='segm')`, class-agnostic, visible masks; amodal masks where the frames "
-          "have them (ground-truth amodal = its amodal silhouette united with its visible mask).",
-          "- 3D centroid error: against the mean of the labelled visible mask lifted with the frame's depth.",
-          "- The support-plane check's row counts use the same matching on the detections before and after it.",
-          ""]
-    L += ["## Parameters", ""]
-    L += _table(["parameter", "value"], [[k, v] for k, v in r["config"].items()])
-    return "\n".join(L)
-
-
-def _min_of(report: dict[str, Any]) -> float | None:
-    vals = [rec["support_plane"]["support"] for rec in report["per_frame"]
-            if rec.get("support_plane") and rec["support_plane"]["support"] is not None]
-    return min(vals) if vals else None
-
-
-def contact_sheet(rows: list[dict[str, Any]], path: Path) -> Path:
-    """A PNG with one row per frame: ground truth | model | baseline (when run), each tile 320 px wide."""
-    import cv2
-
-    from ..core.visualize import draw_overlay
-
-    tiles_per_row = 2 + any(r["plane"] is not None for r in rows)
-    out_rows = []
-    for r in rows:
-        color = r["color"]
-        h, w = color.shape[:2]
-        tiles = []
-        gt = r["gt"]
-        t = draw_overlay(color, gt, labels=False, alpha=0.3) if gt is not None else color.copy()
-        tiles.append(_caption(t, f"{r['name']}  ground truth: {r['rec']['gt'] if gt is not None else 'none'}"))
-        res = r["model"]
-        t = draw_overlay(color, res, labels=False, alpha=0.3)
-        for d in res.dropped:
-            x, y, _, _ = d.bbox
-            cs, _ = cv2.findContours(np.ascontiguousarray(d.mask, np.uint8), cv2.RETR_EXTERNAL,
-                                     cv2.CHAIN_APPROX_NONE, offset=(int(x), int(y)))
-            cv2.drawContours(t, cs, -1, (150, 150, 150), 2, cv2.LINE_AA)
-        m = r["rec"]["methods"]["model"]
-        tiles.append(_caption(t, f"model: {m.get('matched', '-')} found, {m.get('unmatched', m['pred'])} unmatched, "
-                                 f"{len(res.dropped)} dropped"))
-        if tiles_per_row == 3:
-            b = r["plane"]
-            if b is None:
-                tiles.append(_caption(np.zeros_like(color), "baseline not run"))
-            else:
-                t = draw_overlay(color, b, labels=False, alpha=0.3, amodal=False)
-                m = r["rec"]["methods"]["plane"]
-                tiles.append(_caption(t, f"plane baseline: {m.get('matched', '-')} found, "
-                                         f"{m.get('unmatched', m['pred'])} unmatched"))
-        th = int(round(h * _TILE_W / w))
-        out_rows.append(np.hstack([cv2.resize(x, (_TILE_W, th), interpolation=cv2.INTER_AREA) for x in tiles]))
-    width = max(x.shape[1] for x in out_rows)
-    sheet = np.vstack([np.pad(x, ((0, 0), (0, width - x.shape[1]), (0, 0))) for x in out_rows])
-    cv2.imwrite(str(path), cv2.cvtColor(sheet, cv2.COLOR_RGB2BGR))
-    return path
-
-
-def _caption(img: np.ndarray, text: str) -> np.ndarray:
-    import cv2
-
-    out = np.ascontiguousarray(img).copy()
-    scale = max(0.5, out.shape[1] / 900)
-    (tw, th), base = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, scale, 2)
-    cv2.rectangle(out, (0, 0), (min(out.shape[1], tw + 8), th + base + 8), (0, 0, 0), cv2.FILLED)
-    cv2.putText(out, text, (4, th + 4), cv2.FONT_HERSHEY_SIMPLEX, scale, (255, 255, 255), 2, cv2.LINE_AA)
-    return out
+        return {
+            "tool": "isr eval",
+            "mode": "frames",
+            "frames_root": str(root),
+            "layouts": dict(self.layouts),
+            "model": model,
+            "baseline": self.baseline,
+            "config": self.config.to_flat(),
+            "seed": self.seed,
+            "iou_threshold": self.iou_threshold,
+            "frames": {"found": len(refs), "evaluated": len(self.per_frame),
+                       "labelled": sum(1 for r in self.per_frame if r["gt"] is not None),
+                       "with_amodal_gt": self.amodal_frames, "rejected": int(sum(self.rejected.values())),
+                       "rejected_by_reason": dict(self.rejected), "rejected_examples": self.examples},
+            "methods": {k: {"name": METHODS[k], **m.summary()} for k, m in self.methods.items()},
+            "support_plane_check": self.check.summary(self.methods) if self.check is not None else None,
+            "wall_s": wall_s,
+            "per_frame": self.per_frame,
+        }
 
 
 # ---------------------------------------------------------------------------------------- CLI
@@ -512,6 +330,7 @@ def run_frames(args: Any) -> int:
     from ..core.config import ConfigError
     from ..core.model import WeightsError
     from .bench import BenchError, _parse_set, build_config
+    from .eval_frames_report import _f, write_frames_outputs
     from .evaluate import EvalError
 
     log = (lambda _m: None) if args.quiet else (lambda m: print(f"isr eval: {m}", file=sys.stderr))
