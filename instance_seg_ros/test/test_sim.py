@@ -8,18 +8,15 @@ import cv2
 import numpy as np
 import pytest
 
+from instance_seg_ros.core.geometry import matrix_to_quaternion as matrix_to_quat
+from instance_seg_ros.core.geometry import quaternion_to_matrix as quat_to_matrix
 from instance_seg_ros.core.types import Intrinsics
-from instance_seg_ros.sim.scene import (
-    Camera,
-    ObjectSpec,
-    Scene,
-    SceneConfig,
-    SceneError,
-    SensorNoise,
-    d435_intrinsics,
-    matrix_to_quat,
-    quat_to_matrix,
-)
+from instance_seg_ros.sim.camera import Camera, d435_intrinsics
+from instance_seg_ros.sim.errors import SceneError
+from instance_seg_ros.sim.noise import SensorNoise
+from instance_seg_ros.sim.objects import ObjectSpec
+from instance_seg_ros.sim.randomization import SceneConfig
+from instance_seg_ros.sim.scene import Scene
 
 K = d435_intrinsics(160, 120)  # fx = fy = 153.75, cx = 79.5, cy = 59.5
 # any camera works for from_spec scenes (poses are given in its optical frame); an oblique one on purpose

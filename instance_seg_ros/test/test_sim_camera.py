@@ -15,14 +15,9 @@ import time
 import numpy as np
 import pytest
 
-from instance_seg_ros.sim.camera_node import (
-    SPECS,
-    SimCameraError,
-    SimCameraSettings,
-    SimCameraSource,
-    scene_seed,
-)
-from instance_seg_ros.sim.scene import d435_intrinsics
+from instance_seg_ros.sim.camera import d435_intrinsics
+from instance_seg_ros.sim.camera_node import SPECS, SimCameraError, SimCameraSettings
+from instance_seg_ros.sim.camera_source import SimCameraSource, scene_seed
 
 W, H = 160, 120
 FRAME_ID = "sim_cam_optical"
@@ -223,7 +218,7 @@ def test_frames_arrive_with_matching_stamps_and_ground_truth(procs, ros):
     from sensor_msgs.msg import CameraInfo, Image
 
     from instance_seg_msgs.msg import InstanceArray
-    from instance_seg_ros.ros.conversions import frame_result_from_msg
+    from instance_seg_ros.core.msg_codec import frame_result_from_instance_array as frame_result_from_msg
 
     ns = "/sim_cam_a"
     c = _Collector(ros, ns, {"image": Image, "depth": Image, "camera_info": CameraInfo, "ground_truth": InstanceArray})

@@ -1,4 +1,4 @@
-"""3D geometry of instance point clouds: centroid, tight oriented bounding box, quaternions.
+"""3D geometry of instance point clouds: centroid, tight oriented bounding box, quaternions, poses.
 
 Conventions (see ``core/types.py``): meters, camera optical frame, quaternions ``(x, y, z, w)``.
 
@@ -27,6 +27,7 @@ __all__ = [
     "centroid",
     "matrix_to_quaternion",
     "oriented_box",
+    "pose_matrix",
     "quaternion_angle",
     "quaternion_to_matrix",
 ]
@@ -105,6 +106,15 @@ def quaternion_to_matrix(q: np.ndarray) -> np.ndarray:
             [2 * (x * z - y * w), 2 * (y * z + x * w), 1 - 2 * (x * x + y * y)],
         ]
     )
+
+
+def pose_matrix(position: np.ndarray, quat: np.ndarray) -> np.ndarray:
+    """Homogeneous transform np.ndarray[4, 4] float64 of a pose: ``position`` [3] and quaternion ``(x, y, z, w)``
+    (normalised here), i.e. ``p_parent = T @ p_child``."""
+    t = np.eye(4)
+    t[:3, :3] = quaternion_to_matrix(quat)
+    t[:3, 3] = position
+    return t
 
 
 def quaternion_angle(q1: np.ndarray, q2: np.ndarray) -> float:

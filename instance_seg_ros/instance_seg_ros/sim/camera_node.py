@@ -7,7 +7,7 @@ Publishes, all with the same ``header`` (stamp and ``frame_id``) per frame, at `
 - ``depth`` (sensor_msgs/Image, ``32FC1`` meters with NaN invalid, or ``16UC1`` millimetres with 0 invalid);
 - ``camera_info`` (sensor_msgs/CameraInfo, D435-like intrinsics scaled to ``width x height``, no distortion);
 - with ``publish_ground_truth:=true``, ``ground_truth`` (instance_seg_msgs/InstanceArray: visible and amodal
-  masks, occlusion, true boxes, see :meth:`Frame.to_frame_result <instance_seg_ros.sim.scene.Frame.to_frame_result>`);
+  masks, occlusion, true boxes, see :meth:`Frame.to_frame_result <instance_seg_ros.sim.frame.Frame.to_frame_result>`);
 - with ``use_sim_time:=true``, ``/clock`` (rosgraph_msgs/Clock): the node *is* the simulator, so it advances
   simulated time by ``1 / rate`` per frame, publishes it on ``/clock`` just before the frame and stamps the
   frame with it (the first frame is at ``1 / rate`` s; a zero stamp would mean "unstamped"). Without
@@ -17,12 +17,12 @@ Topic names are relative, the inputs of ``instance_seg_node``: run both in one n
 (``-r image:=/camera/color/image_raw``) like any camera driver. Outputs are reliable by default
 (``qos.reliability``, ``qos.depth``).
 
-Frames come from :class:`SimCameraSource` (no ROS in it): random scenes from ``seed`` (scene ``s`` uses
-``Scene.random(seed * 100003 + s)``, changed every ``scene_change_every`` frames), a camera that stays put
-(``static``) or circles the pile (``orbit``, ``orbit_speed`` degrees per simulated second), optional D435-like
-noise. The view of a scene's first frame is the one ``isr record --seed S`` uses. A static camera without
-moving parts renders once per scene and re-publishes that render (with fresh noise when ``noise`` is on),
-so the node costs almost nothing then.
+Frames come from :class:`~instance_seg_ros.sim.camera_source.SimCameraSource` (no ROS in it): random scenes
+from ``seed`` (scene ``s`` uses ``Scene.random(seed * 100003 + s)``, changed every ``scene_change_every``
+frames), a camera that stays put (``static``) or circles the pile (``orbit``, ``orbit_speed`` degrees per
+simulated second), optional D435-like noise. The view of a scene's first frame is the one ``isr record --seed S``
+uses. A static camera without moving parts renders once per scene and re-publishes that render (with fresh
+noise when ``noise`` is on), so the node costs almost nothing then.
 
 Rendering runs in its own thread paced by a monotonic wall clock (never by ``/clock``, which the node
 itself drives). When a frame takes longer than ``1 / rate``, the next one starts at once (no backlog, no
@@ -46,11 +46,9 @@ import math
 import sys
 import threading
 import time
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
 import rclpy
 from rcl_interfaces.msg import (
     SetParametersResult,
@@ -66,10 +64,10 @@ from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 
 from instance_seg_msgs.msg import InstanceArray
 
-from ..core.config import ParamSpec, check_value, param_spec
+from ..core.config import ParamSpec, Settings, param_field
 from ..core.images import encode_depth_16uc1
 from ..core.text import one_line
-from ..core.types import FrameResult, Intrinsics
+from ..core.types import Intrinsics
 from ..ros.conversions import (
     camera_info_msg,
     compressed_image_msg,
@@ -80,7 +78,10 @@ from ..ros.conversions import (
 )
 from ..ros.params import declare_specs
 from ..ros.qos import describe, output_qos
-from .scene import Camera, Scene, SceneConfig, SceneError, SensorNoise, d435_intrinsics
+from .camera import d435_intrinsics
+from .camera_source import SimCameraSource, SimFrame, scene_seed
+from .errors import SceneError
+from .randomization import SceneConfig
 
 __all__ = [
     "CAMERA_MOTIONS",
@@ -90,16 +91,12 @@ __all__ = [
     "SimCameraError",
     "SimCameraNode",
     "SimCameraSettings",
-    "SimCameraSource",
-    "SimFrame",
     "main",
-    "scene_seed",
 ]
 
 NODE_NAME = "sim_camera"
 CAMERA_MOTIONS = ("static", "orbit")
 DEPTH_ENCODINGS = ("32FC1", "16UC1")
-_SCENE_SEED_STRIDE = 100003  # scene s of seed S uses Scene.random(S * stride + s), as `isr record` does
 _WARN_PERIOD = 10.0  # seconds between "slower than rate" warnings
 _ACK_TIMEOUT = 2.0  # seconds to wait for reliable subscribers before exiting after max_frames
 
@@ -108,100 +105,70 @@ class SimCameraError(ValueError):
     """A sim_camera_node parameter is invalid; the message says which and what is allowed."""
 
 
-_spec = param_spec
-
-
-#: every parameter of the node (besides ``use_sim_time``), in declaration order; ``dynamic`` ones change at run time
-SPECS: tuple[ParamSpec, ...] = (
-    _spec("seed", 0, "Random seed of the scenes, the camera views and the noise (same seed, same frames).",
-          low=0, high=2**31 - 1),
-    _spec("width", 640, "Image width in pixels (intrinsics scale with it: fx = 615 * width / 640).", low=16, high=4096),
-    _spec("height", 480, "Image height in pixels (fy = 615 * height / 480).", low=16, high=4096),
-    _spec("rate", 10.0, "Frames per second (wall clock). Slower rendering publishes as fast as it can, with a "
-          "warning; under use_sim_time, simulated time advances 1/rate per frame whatever the wall time.",
-          low=0.01, high=1000.0, dynamic=True),
-    _spec("scene_change_every", 0, "Frames per scene before a new random scene is built (0 = one scene forever).",
-          low=0, high=2**31 - 1, dynamic=True),
-    _spec("camera_motion", "static", "static: one random tabletop view per scene; orbit: the camera circles the "
-          "pile at orbit_speed.", choices=CAMERA_MOTIONS, dynamic=True),
-    _spec("orbit_speed", 10.0, "Degrees of azimuth per simulated second while camera_motion is orbit.",
-          low=-360.0, high=360.0, dynamic=True),
-    _spec("noise", False, "D435-like depth noise (disparity noise and quantisation, edge dropout, holes) and color "
-          "noise.", dynamic=True),
-    _spec("min_objects", 3, "Objects per random scene, at least.", low=1, high=200),
-    _spec("max_objects", 12, "Objects per random scene, at most.", low=1, high=200),
-    _spec("max_frames", 0, "Exit (code 0) after publishing this many frames; 0 = run until stopped.",
-          low=0, high=2**31 - 1),
-    _spec("wait_for_subscribers", 0, "Start publishing (and simulated time) only once image and image/compressed "
-          "together have this many subscribers, so that a consumer started alongside gets the first frame (with "
-          "max_frames: all of them); 0 = start at once.", low=0, high=1000),
-    _spec("depth_encoding", "32FC1", "depth image encoding: 32FC1 meters (NaN invalid, like Gazebo) or 16UC1 "
-          "millimetres (0 invalid, like the RealSense driver).", choices=DEPTH_ENCODINGS),
-    _spec("compressed", False, "Also publish image/compressed (JPEG), encoded only while it has subscribers."),
-    _spec("frame_id", "camera_color_optical_frame", "header.frame_id of every message (an optical frame: x right, "
-          "y down, z forward)."),
-    _spec("publish_ground_truth", False, "Publish the scene's ground truth as instance_seg_msgs/InstanceArray on "
-          "ground_truth (costs one extra small render per object)."),
-    _spec("qos.reliability", "reliable", "Reliability of every publisher: reliable or best_effort.",
-          choices=("reliable", "best_effort")),
-    _spec("qos.depth", 5, "History depth (keep last) of every publisher.", low=1, high=100),
-)
-_SPECS_BY_NAME = {s.name: s for s in SPECS}
-_FIELD = {s.name: s.name.replace(".", "_") for s in SPECS}  # dotted parameter name -> settings attribute
-
-
 @dataclass(frozen=True)
-class SimCameraSettings:
-    """The node's parameters, validated (see :data:`SPECS` for their meaning; ``qos.*`` become ``qos_*``).
+class SimCameraSettings(Settings):
+    """The node's parameters, validated; each field's parameter name, default and description are declared once,
+    here (:data:`SPECS` is read from them; the ``qos.*`` parameters are the ``qos_*`` attributes).
 
     Raises:
         SimCameraError: a value of the wrong type, out of range, not one of the choices, or
             ``min_objects > max_objects`` / an empty ``frame_id``.
     """
 
-    seed: int = 0
-    width: int = 640
-    height: int = 480
-    rate: float = 10.0
-    scene_change_every: int = 0
-    camera_motion: str = "static"
-    orbit_speed: float = 10.0
-    noise: bool = False
-    min_objects: int = 3
-    max_objects: int = 12
-    max_frames: int = 0
-    wait_for_subscribers: int = 0
-    depth_encoding: str = "32FC1"
-    compressed: bool = False
-    frame_id: str = "camera_color_optical_frame"
-    publish_ground_truth: bool = False
-    qos_reliability: str = "reliable"
-    qos_depth: int = 5
+    error = SimCameraError
+    label = "sim_camera_node"
+
+    seed: int = param_field(0, "Random seed of the scenes, the camera views and the noise (same seed, same frames).",
+                            low=0, high=2**31 - 1)
+    width: int = param_field(640, "Image width in pixels (intrinsics scale with it: fx = 615 * width / 640).",
+                             low=16, high=4096)
+    height: int = param_field(480, "Image height in pixels (fy = 615 * height / 480).", low=16, high=4096)
+    rate: float = param_field(
+        10.0, "Frames per second (wall clock). Slower rendering publishes as fast as it can, with a warning; under "
+        "use_sim_time, simulated time advances 1/rate per frame whatever the wall time.",
+        low=0.01, high=1000.0, dynamic=True)
+    scene_change_every: int = param_field(
+        0, "Frames per scene before a new random scene is built (0 = one scene forever).", low=0, high=2**31 - 1,
+        dynamic=True)
+    camera_motion: str = param_field(
+        "static", "static: one random tabletop view per scene; orbit: the camera circles the pile at orbit_speed.",
+        choices=CAMERA_MOTIONS, dynamic=True)
+    orbit_speed: float = param_field(10.0, "Degrees of azimuth per simulated second while camera_motion is orbit.",
+                                     low=-360.0, high=360.0, dynamic=True)
+    noise: bool = param_field(
+        False, "D435-like depth noise (disparity noise and quantisation, edge dropout, holes) and color noise.",
+        dynamic=True)
+    min_objects: int = param_field(3, "Objects per random scene, at least.", low=1, high=200)
+    max_objects: int = param_field(12, "Objects per random scene, at most.", low=1, high=200)
+    max_frames: int = param_field(0, "Exit (code 0) after publishing this many frames; 0 = run until stopped.",
+                                  low=0, high=2**31 - 1)
+    wait_for_subscribers: int = param_field(
+        0, "Start publishing (and simulated time) only once image and image/compressed together have this many "
+        "subscribers, so that a consumer started alongside gets the first frame (with max_frames: all of them); "
+        "0 = start at once.", low=0, high=1000)
+    depth_encoding: str = param_field(
+        "32FC1", "depth image encoding: 32FC1 meters (NaN invalid, like Gazebo) or 16UC1 millimetres (0 invalid, "
+        "like the RealSense driver).", choices=DEPTH_ENCODINGS)
+    compressed: bool = param_field(
+        False, "Also publish image/compressed (JPEG), encoded only while it has subscribers.")
+    frame_id: str = param_field(
+        "camera_color_optical_frame", "header.frame_id of every message (an optical frame: x right, y down, "
+        "z forward).")
+    publish_ground_truth: bool = param_field(
+        False, "Publish the scene's ground truth as instance_seg_msgs/InstanceArray on ground_truth (costs one extra "
+        "small render per object).")
+    qos_reliability: str = param_field("reliable", "Reliability of every publisher: reliable or best_effort.",
+                                       choices=("reliable", "best_effort"), name="qos.reliability")
+    qos_depth: int = param_field(5, "History depth (keep last) of every publisher.", low=1, high=100,
+                                 name="qos.depth")
 
     def __post_init__(self) -> None:
-        for name, attr in _FIELD.items():
-            object.__setattr__(self, attr, check_value(_SPECS_BY_NAME[name], getattr(self, attr), SimCameraError))
+        super().__post_init__()
         if self.min_objects > self.max_objects:
             raise SimCameraError(f"min_objects ({self.min_objects}) must not exceed max_objects ({self.max_objects}).")
         if not self.frame_id.strip():
             raise SimCameraError("frame_id must not be empty; use the camera's optical frame, e.g. "
                                  "camera_color_optical_frame.")
-
-    @classmethod
-    def from_flat(cls, flat: Mapping[str, Any]) -> SimCameraSettings:
-        """From dotted parameter names (missing ones keep their defaults).
-
-        Raises:
-            SimCameraError: an unknown name or an invalid value, with the reason.
-        """
-        unknown = sorted(set(flat) - set(_FIELD))
-        if unknown:
-            raise SimCameraError(f"Unknown sim_camera_node parameter(s) {', '.join(unknown)}. Known: "
-                                 f"{', '.join(_FIELD)}.")
-        return cls(**{_FIELD[k]: v for k, v in flat.items()})
-
-    def to_flat(self) -> dict[str, Any]:
-        return {name: getattr(self, attr) for name, attr in _FIELD.items()}
 
     @property
     def intrinsics(self) -> Intrinsics:
@@ -212,155 +179,10 @@ class SimCameraSettings:
         return SceneConfig(min_objects=self.min_objects, max_objects=self.max_objects)
 
 
-def scene_seed(seed: int, scene_index: int) -> int:
-    """The ``Scene.random`` seed of scene ``scene_index`` (0, 1, ...) of a node started with ``seed``."""
-    return int(seed) * _SCENE_SEED_STRIDE + int(scene_index)
-
-
-# ---------------------------------------------------------------------------------------- frames (no ROS)
-@dataclass
-class SimFrame:
-    """One frame of the simulated camera.
-
-    Attributes:
-        index (int): frame number since the source was made (0, 1, ...).
-        scene_index (int): which scene (0, 1, ...; a new one every ``scene_change_every`` frames).
-        color (np.ndarray[H, W, 3] uint8): RGB.
-        depth (np.ndarray[H, W] float32): metric z along the optical axis, NaN where invalid.
-        intrinsics (Intrinsics): the pinhole model (image size included).
-        camera (Camera): the camera pose this frame was rendered from.
-        ground_truth (FrameResult | None): the scene's ground truth (``with_ground_truth`` sources only).
-        rendered (bool): False when the previous render was reused (same scene and view).
-        timings (dict[str, float]): milliseconds: ``scene`` (building a new scene, else 0), ``render``
-            (0 when reused), ``ground_truth``, ``noise``.
-    """
-
-    index: int
-    scene_index: int
-    color: np.ndarray
-    depth: np.ndarray
-    intrinsics: Intrinsics
-    camera: Camera
-    ground_truth: FrameResult | None
-    rendered: bool
-    timings: dict[str, float] = field(default_factory=dict)
-
-
-class SimCameraSource:
-    """The frames :class:`SimCameraNode` publishes, without ROS: scenes, camera motion, noise.
-
-    Deterministic: the same settings (and the same changes of the dynamic ones between calls) give the same
-    frames. ``settings`` may be replaced between calls; ``rate``, ``scene_change_every``, ``camera_motion``,
-    ``orbit_speed`` and ``noise`` take effect on the next frame (the others are read once, at construction).
-
-    Args:
-        settings: the node's settings.
-        with_ground_truth: render amodal masks and fill :attr:`SimFrame.ground_truth` (default:
-            ``settings.publish_ground_truth``).
-
-    Example::
-
-        with SimCameraSource(SimCameraSettings(width=320, height=240)) as source:
-            frame = source.next()
-    """
-
-    def __init__(self, settings: SimCameraSettings, *, with_ground_truth: bool | None = None) -> None:
-        self.settings = settings
-        self.with_ground_truth = settings.publish_ground_truth if with_ground_truth is None else bool(with_ground_truth)
-        self._intrinsics = settings.intrinsics
-        self._scene_config = settings.scene_config
-        self._noise_model = SensorNoise()
-        self._scene: Scene | None = None
-        self._scene_index = -1
-        self._frames_in_scene = 0
-        self._index = 0
-        self._view: tuple[np.ndarray, float, float, float] = (np.zeros(3), 1.0, 45.0, 0.0)
-        self._azimuth = 0.0
-        self._cache: tuple[tuple[int, bytes], Any, FrameResult | None] | None = None
-
-    # ------------------------------------------------------------------ lifecycle
-    def close(self) -> None:
-        """Disconnect the current scene's PyBullet client (idempotent)."""
-        if self._scene is not None:
-            self._scene.close()
-            self._scene = None
-        self._cache = None
-
-    def __enter__(self) -> SimCameraSource:
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self.close()
-
-    @property
-    def scene(self) -> Scene | None:
-        """The scene being rendered (None before the first frame and after :meth:`close`)."""
-        return self._scene
-
-    @property
-    def frames(self) -> int:
-        """Frames produced so far."""
-        return self._index
-
-    # ------------------------------------------------------------------ frames
-    def _new_scene(self) -> Scene:
-        index = self._scene_index + 1
-        seed = scene_seed(self.settings.seed, index)
-        scene = Scene.random(seed, self._scene_config)
-        if self._scene is not None:
-            self._scene.close()
-        self._scene, self._scene_index, self._frames_in_scene, self._cache = scene, index, 0, None
-        # the view `isr record --seed S` starts from: orbit parameters drawn from the scene seed
-        rng = np.random.default_rng([seed, 11])
-        cfg = self._scene_config
-        target = scene.objects_center()
-        self._view = (target, float(rng.uniform(*cfg.camera_distance)), float(rng.uniform(*cfg.camera_elevation_deg)),
-                      float(rng.uniform(0, 360)))
-        self._azimuth = self._view[3]
-        return scene
-
-    def next(self) -> SimFrame:
-        """Render (or reuse) the next frame.
-
-        Raises:
-            SceneError: a scene could not be built (should not happen with valid settings).
-        """
-        s = self.settings
-        timings = {"scene": 0.0, "render": 0.0, "ground_truth": 0.0, "noise": 0.0}
-        t0 = time.perf_counter()
-        scene = self._scene
-        if scene is None or (s.scene_change_every and self._frames_in_scene >= s.scene_change_every):
-            scene = self._new_scene()
-            timings["scene"] = (time.perf_counter() - t0) * 1e3
-        elif s.camera_motion == "orbit":
-            self._azimuth = (self._azimuth + s.orbit_speed / s.rate) % 360.0
-        target, distance, elevation, _ = self._view
-        cfg = self._scene_config
-        camera = Camera.orbit(target, distance=distance, elevation_deg=elevation, azimuth_deg=self._azimuth,
-                              intrinsics=self._intrinsics, near=cfg.near, far=cfg.far)
-        key = (self._scene_index, camera.world_to_camera.tobytes())
-        rendered = self._cache is None or self._cache[0] != key
-        if rendered:
-            t1 = time.perf_counter()
-            frame = scene.render(camera, amodal=self.with_ground_truth)
-            t2 = time.perf_counter()
-            gt = frame.to_frame_result() if self.with_ground_truth else None
-            timings["render"], timings["ground_truth"] = (t2 - t1) * 1e3, (time.perf_counter() - t2) * 1e3
-            self._cache = (key, frame, gt)
-        _, frame, gt = self._cache
-        color, depth = frame.color, frame.depth
-        if s.noise:
-            t3 = time.perf_counter()
-            rng = np.random.default_rng([scene_seed(s.seed, self._scene_index), 3, self._frames_in_scene])
-            depth = self._noise_model.apply_depth(frame.depth_true, self._intrinsics.fx, rng)
-            color = self._noise_model.apply_color(frame.color, rng)
-            timings["noise"] = (time.perf_counter() - t3) * 1e3
-        out = SimFrame(index=self._index, scene_index=self._scene_index, color=color, depth=depth,
-                       intrinsics=self._intrinsics, camera=camera, ground_truth=gt, rendered=rendered,
-                       timings=timings)
-        self._index += 1
-        self._frames_in_scene += 1
-        return out
+#: every parameter of the node (besides ``use_sim_time``), in declaration order; ``dynamic`` ones change at run time
+SPECS: tuple[ParamSpec, ...] = SimCameraSettings.specs()
+_SPECS_BY_NAME = {s.name: s for s in SPECS}
+_FIELD = {s.name: s.name.replace(".", "_") for s in SPECS}  # dotted parameter name -> settings attribute
 
 
 # ---------------------------------------------------------------------------------------- the node
