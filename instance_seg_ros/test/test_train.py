@@ -28,21 +28,20 @@ from instance_seg_ros.core.augment import (
     depth_noise,
     hflip,
     net_scale,
-    rescale_sample,
     resize_crop,
 )
-from instance_seg_ros.core.coco_eval import AmodalCocoEvaluator, EvalError, encode_masks
+from instance_seg_ros.core.coco_eval import AmodalCocoEvaluator, encode_masks
+from instance_seg_ros.core.coco_eval import CocoInputError as EvalError
 from instance_seg_ros.core.dataset import AmodalCocoDataset
 from instance_seg_ros.core.model import ModelMeta, Predictor, load_checkpoint, load_model
 from instance_seg_ros.tools import cli
 from instance_seg_ros.tools.train import (
-    InfiniteSampler,
     TrainError,
-    TrainingSet,
     get_args_parser,
     main,
     resolve_args,
 )
+from instance_seg_ros.tools.train_data import InfiniteSampler, TrainingSet
 
 H, W = 120, 160
 
@@ -100,6 +99,13 @@ def rects(tmp_path_factory) -> Path:
 
 
 # =========================================================================== augmentation
+def rescale_sample(sample, out_size: tuple[int, int]):
+    """The deterministic resize onto ``out_size`` (of the sample's aspect): :class:`Augment` with every
+    augmentation off, as ``isr train --no-augment`` runs it (this was ``core.augment.rescale_sample``)."""
+    h, w = out_size
+    return Augment(AugmentConfig.none(), min_size=min(h, w), max_size=max(h, w))(sample, np.random.default_rng(0))
+
+
 def _boxes_of(masks: np.ndarray) -> np.ndarray:
     out = []
     for m in masks:

@@ -1,4 +1,4 @@
-"""Training-time augmentation of amodal samples (numpy / OpenCV, runs in DataLoader workers; no torch).
+"""Training-time augmentation of amodal samples (numpy / OpenCV arrays, no tensors; runs in DataLoader workers).
 
 Every geometric step is applied to the color image, the depth image and the visible and amodal
 masks alike, and the boxes / areas / occlusion of the targets are recomputed from the transformed
@@ -10,8 +10,8 @@ masks, so they can never disagree. Photometric steps touch only color (jitter) o
 - :func:`color_jitter`: brightness, contrast, saturation, hue (torchvision ``ColorJitter`` semantics);
 - :func:`depth_noise`: depth-proportional Gaussian noise and dropped (NaN) pixels.
 
-:class:`Augment` chains them with one :class:`AugmentConfig`; :func:`rescale_sample` is the
-deterministic resize alone (validation / no augmentation).
+:class:`Augment` chains them with one :class:`AugmentConfig`; with ``AugmentConfig.none()`` it is the
+deterministic resize alone (``isr train --no-augment``).
 
 Example::
 
@@ -28,7 +28,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from .dataset import AmodalSample
+from .dataset import AmodalSample, target_boxes
 from .types import Intrinsics
 
 __all__ = [
@@ -39,7 +39,6 @@ __all__ = [
     "depth_noise",
     "hflip",
     "net_scale",
-    "rescale_sample",
     "resize_crop",
 ]
 
@@ -249,20 +248,6 @@ def depth_noise(depth: np.ndarray, rng: np.random.Generator, sigma: float = 0.0,
     return d
 
 
-def _xyxy(masks: np.ndarray) -> np.ndarray:
-    n = masks.shape[0]
-    boxes = np.zeros((n, 4), np.float32)
-    if n == 0:
-        return boxes
-    rows, cols = masks.any(axis=2), masks.any(axis=1)
-    h, w = masks.shape[1:]
-    for i in range(n):
-        r, c = np.flatnonzero(rows[i]), np.flatnonzero(cols[i])
-        if r.size:
-            boxes[i] = (c[0], r[0], c[-1] + 1, r[-1] + 1)
-    return boxes
-
-
 def _with_masks(sample: AmodalSample, color, depth, visible, amodal, intrinsics) -> AmodalSample:
     """A sample holding the transformed arrays, with targets recomputed from the masks; instances with
     fewer than :data:`MIN_VISIBLE_PIXELS` visible pixels left are dropped."""
@@ -280,8 +265,8 @@ def _with_masks(sample: AmodalSample, color, depth, visible, amodal, intrinsics)
     new.update(
         masks=visible,
         amodal_masks=amodal,
-        boxes=_xyxy(visible),
-        amodal_boxes=_xyxy(amodal),
+        boxes=target_boxes(visible),
+        amodal_boxes=target_boxes(amodal),
         areas=areas,
         amodal_areas=amodal_areas,
         occlusion=np.where(amodal_areas > 0, 1.0 - areas / np.maximum(amodal_areas, 1), 0.0).astype(np.float32),
@@ -297,31 +282,6 @@ def _transform_intrinsics(k: Intrinsics | None, factor: float, offset: tuple[int
     if flip:
         cx = out_hw[1] - 1 - cx
     return Intrinsics(s.fx, s.fy, cx, cy, out_hw[1], out_hw[0])
-
-
-def rescale_sample(sample: AmodalSample, out_size: tuple[int, int] | None = None, factor: float | None = None
-                   ) -> AmodalSample:
-    """Resize a sample by ``factor`` (default: to fit ``out_size``) onto the ``out_size`` canvas (default:
-    the resized size), no randomness."""
-    h, w = sample.color.shape[:2]
-    if factor is None:
-        if out_size is None:
-            raise AugmentError("rescale_sample needs out_size or factor.")
-        factor = min(out_size[0] / h, out_size[1] / w)
-    if out_size is None:
-        out_size = (max(1, round(h * factor)), max(1, round(w * factor)))
-    return _apply(sample, factor, out_size, (0, 0), False)
-
-
-def _apply(sample: AmodalSample, factor: float, out_size, offset, flip: bool) -> AmodalSample:
-    vis, amo = sample.targets["masks"], sample.targets["amodal_masks"]
-    n = vis.shape[0]
-    color, depth, m, offset = resize_crop(sample.color, sample.depth, np.concatenate([vis, amo]), factor, out_size,
-                                          offset=offset)
-    if flip:
-        color, depth, m = hflip(color, depth, m)
-    k = _transform_intrinsics(sample.intrinsics, factor, offset, out_size, flip)
-    return _with_masks(sample, color, depth, m[:n], m[n:], k)
 
 
 class Augment:

@@ -1,4 +1,4 @@
-"""COCO-style amodal instance segmentation datasets (``isr synth`` output, KINS, COCOA), torch-free.
+"""COCO-style amodal instance segmentation datasets (``isr synth`` output, KINS, COCOA) as numpy samples.
 
 Annotation keys understood (per annotation; polygons, compressed or uncompressed RLE everywhere):
 
@@ -12,7 +12,8 @@ Annotation keys understood (per annotation; polygons, compressed or uncompressed
 Per image, :class:`AmodalCocoDataset` returns an :class:`AmodalSample`: RGB uint8, depth float32
 meters (NaN invalid) when the image names a ``depth_file`` (or ``<root>/depth/<file name>`` exists),
 :class:`Intrinsics` when the image has ``intrinsics``, and numpy targets. :func:`to_torch` turns a
-sample into torchvision detection tensors (torch is imported there only).
+sample into torchvision detection tensors. Importing this module does not import torch (the mask boxes of
+:func:`~instance_seg_ros.core.lifting.mask_bboxes` and :func:`to_torch` import it when first used).
 
 Example::
 
@@ -25,7 +26,6 @@ from __future__ import annotations
 
 import copy
 import json
-import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,7 +35,15 @@ import numpy as np
 
 from .types import Intrinsics
 
-__all__ = ["AmodalCocoDataset", "AmodalSample", "DatasetError", "collate", "decode_segmentation", "to_torch"]
+__all__ = [
+    "AmodalCocoDataset",
+    "AmodalSample",
+    "DatasetError",
+    "collate",
+    "decode_segmentation",
+    "target_boxes",
+    "to_torch",
+]
 
 
 class DatasetError(ValueError):
@@ -72,8 +80,16 @@ class AmodalSample:
 # ---------------------------------------------------------------------------------------- masks
 def decode_segmentation(seg: Any, height: int, width: int) -> np.ndarray:
     """A COCO segmentation (polygon list, compressed RLE with str/bytes counts, or uncompressed RLE with a
-    list of counts) as uint8[H, W] in {0, 1}."""
-    from pycocotools import mask as mask_utils
+    list of counts) as uint8[H, W] in {0, 1}; ``None`` or an empty polygon list is an empty mask.
+
+    Decoded by :func:`~instance_seg_ros.core.coco_eval.decode_segmentation`; what the annotation files allow
+    beyond it (no segmentation, an RLE without ``size``) and every refusal are this module's.
+
+    Raises:
+        DatasetError: a malformed polygon, an RLE of another size, or something that is neither.
+    """
+    from .coco_eval import CocoInputError as EvalError
+    from .coco_eval import decode_segmentation as decode
 
     if seg is None:
         return np.zeros((height, width), dtype=np.uint8)
@@ -83,22 +99,17 @@ def decode_segmentation(seg: Any, height: int, width: int) -> np.ndarray:
             raise DatasetError("A polygon segmentation must be a list of [x1, y1, x2, y2, ...] lists of >= 3 points.")
         if not polys:
             return np.zeros((height, width), dtype=np.uint8)
-        rle = mask_utils.merge(mask_utils.frPyObjects([list(map(float, p)) for p in polys], height, width))
     elif isinstance(seg, dict) and "counts" in seg:
         size = seg.get("size", [height, width])
         if list(size) != [height, width]:
             raise DatasetError(f"RLE size {list(size)} does not match the image size [{height}, {width}].")
-        counts = seg["counts"]
-        if isinstance(counts, list):
-            rle = mask_utils.frPyObjects({"size": [height, width], "counts": counts}, height, width)
-        else:
-            rle = {"size": [height, width], "counts": counts.encode("ascii") if isinstance(counts, str) else counts}
+        seg = {"size": [height, width], "counts": seg["counts"]}
     else:
         raise DatasetError(f"Unsupported segmentation of type {type(seg).__name__}; expected polygons or RLE.")
-    with warnings.catch_warnings():  # pycocotools' Cython decode warns about numpy 2's __array__ copy keyword
-        warnings.simplefilter("ignore", DeprecationWarning)
-        m = mask_utils.decode(rle)
-    return (m[..., 0] if m.ndim == 3 else m).astype(np.uint8)
+    try:
+        return decode(seg, height, width).astype(np.uint8)
+    except EvalError as exc:
+        raise DatasetError(str(exc)) from exc
 
 
 def _visible_and_amodal(ann: dict[str, Any]) -> tuple[Any, Any, bool]:
@@ -133,12 +144,15 @@ def _flatten_cocoa_regions(anns: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
-def _xyxy(mask: np.ndarray) -> np.ndarray:
-    rows = np.flatnonzero(mask.any(axis=1))
-    if rows.size == 0:
-        return np.zeros(4, dtype=np.float32)
-    cols = np.flatnonzero(mask.any(axis=0))
-    return np.array([cols[0], rows[0], cols[-1] + 1, rows[-1] + 1], dtype=np.float32)
+def target_boxes(masks: np.ndarray) -> np.ndarray:
+    """The ``boxes`` / ``amodal_boxes`` of :class:`AmodalSample` targets: float32[N, 4] ``(x1, y1, x2, y2)`` of
+    [N, H, W] masks, x2 / y2 exclusive, zeros for an empty mask (:func:`~instance_seg_ros.core.lifting.mask_bboxes`
+    as torchvision wants them)."""
+    from .lifting import mask_bboxes  # imported here: importing this module stays torch-free
+
+    boxes = mask_bboxes(masks).astype(np.float32)
+    boxes[:, 2:] += boxes[:, :2]
+    return boxes
 
 
 # ---------------------------------------------------------------------------------------- dataset
@@ -339,8 +353,8 @@ class AmodalCocoDataset:
         with np.errstate(invalid="ignore", divide="ignore"):
             occlusion = np.where(amodal_areas > 0, 1.0 - areas / np.maximum(amodal_areas, 1), 0.0).astype(np.float32)
         return {
-            "boxes": np.stack([_xyxy(m) for m in masks]) if n else np.zeros((0, 4), np.float32),
-            "amodal_boxes": np.stack([_xyxy(m) for m in amodal_masks]) if n else np.zeros((0, 4), np.float32),
+            "boxes": target_boxes(masks),
+            "amodal_boxes": target_boxes(amodal_masks),
             "labels": np.asarray(cats, dtype=np.int64),
             "masks": masks,
             "amodal_masks": amodal_masks,

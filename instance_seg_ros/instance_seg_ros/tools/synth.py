@@ -97,14 +97,6 @@ def _png(arr) -> bytes:
     return buf.tobytes()
 
 
-def _rle(mask) -> dict[str, Any]:
-    import numpy as np
-    from pycocotools import mask as mask_utils
-
-    rle = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
-    return {"size": [int(rle["size"][0]), int(rle["size"][1])], "counts": rle["counts"].decode("ascii")}
-
-
 def _r(values, nd: int = 6) -> list[float]:
     return [round(float(v), nd) for v in values]
 
@@ -121,8 +113,12 @@ def render_scene(out: str | Path, index: int, params: SynthParams) -> dict[str, 
     """
     import numpy as np
 
+    from ..core.coco_eval import encode_masks
     from ..core.images import encode_depth_16uc1
-    from ..sim.scene import Scene, SceneConfig, SensorNoise, d435_intrinsics
+    from ..sim.camera import d435_intrinsics
+    from ..sim.noise import SensorNoise
+    from ..sim.randomization import SceneConfig
+    from ..sim.scene import Scene
 
     out = Path(out)
     seed = scene_seed(params.seed, index)
@@ -149,7 +145,8 @@ def render_scene(out: str | Path, index: int, params: SynthParams) -> dict[str, 
                 annotations.append({
                     "image_id": image_id, "category_id": 1, "iscrowd": 0, "object_name": o.name,
                     "object_id": o.id, "scene_seed": seed,
-                    "segmentation": _rle(o.visible_mask), "amodal_segmentation": _rle(o.amodal_mask),
+                    "segmentation": encode_masks(o.visible_mask[None])[0],
+                    "amodal_segmentation": encode_masks(o.amodal_mask[None])[0],
                     "bbox": list(o.bbox), "amodal_bbox": list(o.amodal_bbox),
                     "area": o.visible_area, "amodal_area": o.amodal_area,
                     "occlusion": round(float(o.occlusion), 6),
@@ -306,7 +303,7 @@ def run(args: argparse.Namespace) -> int:
             max_objects=args.max_objects, views_per_scene=args.views_per_scene, noise=bool(args.noise),
             supports=tuple(s.strip() for s in args.supports.split(",") if s.strip()),
         )
-        from ..sim.scene import SceneConfig
+        from ..sim.randomization import SceneConfig
 
         SceneConfig(supports=params.supports)  # validates the names
         summary = synthesize(args.out, args.scenes, params, workers=args.workers, progress=not args.quiet)

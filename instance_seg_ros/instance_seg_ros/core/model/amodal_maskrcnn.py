@@ -35,6 +35,7 @@ from torchvision.models.detection.roi_heads import paste_masks_in_image
 from torchvision.models.detection.transform import GeneralizedRCNNTransform
 from torchvision.ops import MultiScaleRoIAlign
 
+from ..lifting import mask_bboxes
 from .backbones import BACKBONES, IMAGENET_MEAN, IMAGENET_STD, build_backbone
 from .heads import AmodalMaskHeads, AmodalMaskPredictor, AmodalRoIHeads, OcclusionPredictor, occlusion_from_masks
 from .inputs import DEPTH_MAX_M, DEPTH_MEAN, DEPTH_STD, INPUT_MODES
@@ -346,16 +347,8 @@ def targets_from_masks(
         raise ValueError(f"labels must be [G] with G = {vis.shape[0]}, got {tuple(labels.shape)}.")
     keep = amo.flatten(1).any(1)
     vis, amo, labels = vis[keep], amo[keep], labels[keep].to(torch.int64)
-    g, h, w = amo.shape
-    boxes = torch.zeros((g, 4), dtype=torch.float32, device=amo.device)
-    if g:
-        rows, cols = amo.any(2), amo.any(1)  # [G, H], [G, W]
-        ys = torch.arange(h, device=amo.device).expand(g, h)
-        xs = torch.arange(w, device=amo.device).expand(g, w)
-        boxes[:, 0] = torch.where(cols, xs, w).min(1).values
-        boxes[:, 1] = torch.where(rows, ys, h).min(1).values
-        boxes[:, 2] = torch.where(cols, xs, -1).max(1).values + 1
-        boxes[:, 3] = torch.where(rows, ys, -1).max(1).values + 1
+    boxes = torch.from_numpy(mask_bboxes(amo)).to(device=amo.device, dtype=torch.float32)  # (x, y, w, h)
+    boxes[:, 2:] += boxes[:, :2]  # (x1, y1, x2, y2), x2 / y2 exclusive
     return {
         "boxes": boxes,
         "labels": labels,
