@@ -26,7 +26,8 @@ _alive = assert_alive
 
 def _check_instances(msg, stamp_ns, h):
     """The contract of one InstanceArray (and its label image) for a frame of the harness scene."""
-    from instance_seg_ros.ros.conversions import pointcloud2_to_arrays, stamp_to_ns
+    from instance_seg_ros.core.msg_codec import pointcloud2_arrays as pointcloud2_to_arrays
+    from instance_seg_ros.ros.conversions import stamp_to_ns
 
     assert stamp_to_ns(msg.header.stamp) == stamp_ns
     assert msg.header.frame_id == FRAME_ID
@@ -241,7 +242,7 @@ def test_support_plane_check_at_run_time(node):
     """The harness table (0.8 m) is the plane: with the check on, every published instance rises above it (the
     untrained model's boxes on bare table are dropped and counted); YAML's / ``ros2 param set``'s bare ``off`` (a
     boolean) switches it off again."""
-    from instance_seg_ros.ros.conversions import pointcloud2_to_arrays
+    from instance_seg_ros.core.msg_codec import pointcloud2_arrays as pointcloud2_to_arrays
 
     h, proc, group = node
     (res,) = h.set_params({"filter.support_plane": "auto"})

@@ -211,7 +211,7 @@ def test_sim_launch(monkeypatch):
     ],
 )
 def test_transport_warning(env, reliability, fragment):
-    from instance_seg_ros.ros.node import transport_warning
+    from instance_seg_ros.ros.qos import transport_warning
 
     text = transport_warning(env, reliability)
     assert (fragment in text) if fragment else text == ""

@@ -16,10 +16,10 @@ from __future__ import annotations
 import dataclasses
 import math
 import numbers
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar, Self
 
 __all__ = [
     "CloudConfig",
@@ -31,9 +31,11 @@ __all__ = [
     "ModelConfig",
     "OcclusionConfig",
     "ParamSpec",
+    "Settings",
     "SyncConfig",
     "check_value",
-    "param_spec",
+    "field_specs",
+    "param_field",
     "word_for_bool",
 ]
 
@@ -42,7 +44,7 @@ class ConfigError(ValueError):
     """A configuration value is invalid; the message says which key and what is allowed."""
 
 
-def _p(
+def param_field(
     default: Any,
     description: str,
     *,
@@ -51,11 +53,13 @@ def _p(
     high: float | None = None,
     dynamic: bool = False,
     choices_open: bool = False,
+    name: str | None = None,
 ) -> Any:
-    """A dataclass field carrying its parameter descriptor.
+    """A dataclass field carrying its parameter descriptor (read back by :func:`field_specs`).
 
     ``dynamic`` parameters may change while the node runs; the others need a reconfigure.
     ``choices_open`` means ``choices`` are examples (e.g. device ``cuda:1`` is also valid).
+    ``name`` is the dotted parameter name when it is not the attribute's (``qos.depth`` for ``qos_depth``).
     """
     meta = {
         "description": description,
@@ -64,8 +68,30 @@ def _p(
         "high": high,
         "dynamic": dynamic,
         "choices_open": choices_open,
+        "name": name,
     }
     return field(default=default, metadata=meta)
+
+
+_p = param_field
+
+
+def field_specs(cls: type, prefix: str = "") -> Iterator[ParamSpec]:
+    """The :class:`ParamSpec` of each :func:`param_field` of the dataclass ``cls``, in declaration order; the
+    parameter name is ``prefix`` + the field's ``name`` (its attribute name unless given)."""
+    for f in dataclasses.fields(cls):
+        m = f.metadata
+        yield ParamSpec(
+            name=prefix + (m["name"] or f.name),
+            default=f.default,
+            type=type(f.default),
+            description=m["description"],
+            choices=m["choices"],
+            low=m["low"],
+            high=m["high"],
+            dynamic=m["dynamic"],
+            choices_open=m["choices_open"],
+        )
 
 
 @dataclass(frozen=True)
@@ -213,11 +239,56 @@ class ParamSpec:
     choices_open: bool = False
 
 
-def param_spec(name: str, default: Any, description: str, *, choices: tuple[Any, ...] | None = None,
-               low: float | None = None, high: float | None = None, dynamic: bool = False) -> ParamSpec:
-    """A :class:`ParamSpec` whose type is the default's (for parameter tables outside :class:`Config`)."""
-    return ParamSpec(name=name, default=default, type=type(default), description=description, choices=choices,
-                     low=low, high=high, dynamic=dynamic)
+class Settings:
+    """Base of a frozen dataclass whose fields are :func:`param_field` s: one flat table of parameters (a node's own
+    settings beside :class:`Config`), each default and description written once, in the field.
+
+    Construction checks every value against its spec (ints are widened for float fields); subclasses add
+    cross-field checks by extending ``__post_init__``. ``error`` is the exception raised (a ``ValueError``) and
+    ``label`` names the owner in the unknown-name message.
+
+    Example::
+
+        @dataclass(frozen=True)
+        class CameraSettings(Settings):
+            label = "camera"
+            rate: float = param_field(10.0, "Frames per second.", low=0.01, high=1000.0, dynamic=True)
+            qos_depth: int = param_field(5, "History depth.", low=1, high=100, name="qos.depth")
+    """
+
+    error: ClassVar[type[Exception]] = ConfigError
+    label: ClassVar[str] = ""
+
+    def __post_init__(self) -> None:
+        for f, spec in zip(dataclasses.fields(self), field_specs(type(self)), strict=True):
+            object.__setattr__(self, f.name, check_value(spec, getattr(self, f.name), self.error))
+
+    @classmethod
+    def specs(cls) -> tuple[ParamSpec, ...]:
+        """Every parameter with its default and descriptor, in declaration order."""
+        return tuple(field_specs(cls))
+
+    @classmethod
+    def _attrs(cls) -> dict[str, str]:
+        """Dotted parameter name -> attribute name."""
+        return {s.name: f.name for s, f in zip(field_specs(cls), dataclasses.fields(cls), strict=True)}
+
+    @classmethod
+    def from_flat(cls, flat: Mapping[str, Any]) -> Self:
+        """From dotted parameter names (missing ones keep their defaults).
+
+        Raises:
+            error: an unknown name or an invalid value, with the reason.
+        """
+        attrs = cls._attrs()
+        unknown = sorted(set(flat) - set(attrs))
+        if unknown:
+            raise cls.error(f"Unknown {cls.label + ' ' if cls.label else ''}parameter(s) {', '.join(unknown)}. "
+                            f"Known: {', '.join(attrs)}.")
+        return cls(**{attrs[k]: v for k, v in flat.items()})
+
+    def to_flat(self) -> dict[str, Any]:
+        return {name: getattr(self, attr) for name, attr in self._attrs().items()}
 
 
 @dataclass(frozen=True)
@@ -247,19 +318,7 @@ class Config:
     def specs() -> Iterator[ParamSpec]:
         """Every dotted parameter with its default and descriptor, in declaration order."""
         for section, cls in _SECTIONS.items():
-            for f in dataclasses.fields(cls):
-                m = f.metadata
-                yield ParamSpec(
-                    name=f"{section}.{f.name}",
-                    default=f.default,
-                    type=type(f.default),
-                    description=m["description"],
-                    choices=m["choices"],
-                    low=m["low"],
-                    high=m["high"],
-                    dynamic=m["dynamic"],
-                    choices_open=m["choices_open"],
-                )
+            yield from field_specs(cls, f"{section}.")
 
     @staticmethod
     def spec(name: str) -> ParamSpec:
@@ -277,9 +336,6 @@ class Config:
 
     def to_flat(self) -> dict[str, Any]:
         return {s.name: self.get(s.name) for s in self.specs()}
-
-    def to_nested(self) -> dict[str, dict[str, Any]]:
-        return {sec: dataclasses.asdict(getattr(self, sec)) for sec in _SECTIONS}
 
     def replace(self, **flat: Any) -> Config:
         """A validated copy with some dotted keys changed: ``cfg.replace(**{"depth.max": 2.0})``."""

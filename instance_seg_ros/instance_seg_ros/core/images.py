@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from .types import Intrinsics
+from .types import FrameError, Intrinsics  # FrameError lives in types; re-exported here
 
 __all__ = [
     "COLOR_ENCODINGS",
@@ -37,10 +37,6 @@ __all__ = [
     "intrinsics_from_camera_info",
     "validate_intrinsics",
 ]
-
-
-class FrameError(ValueError):
-    """A malformed frame: bad encoding, size, step, buffer length, intrinsics or size mismatch."""
 
 
 # encoding -> (channels in the buffer, channel order to get RGB)

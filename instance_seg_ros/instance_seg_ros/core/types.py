@@ -13,7 +13,11 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-__all__ = ["FrameResult", "InstanceResult", "Intrinsics"]
+__all__ = ["FrameError", "FrameResult", "InstanceResult", "Intrinsics"]
+
+
+class FrameError(ValueError):
+    """A malformed frame: bad encoding, size, step, buffer length, intrinsics or size mismatch."""
 
 
 @dataclass(frozen=True)
@@ -32,8 +36,6 @@ class Intrinsics:
         """From a row-major 3x3 camera matrix (CameraInfo.k)."""
         k = np.asarray(k, dtype=np.float64).reshape(-1)
         if k.size != 9:
-            from .images import FrameError
-
             raise FrameError(f"camera matrix K must have 9 elements, got {k.size}.")
         return cls(float(k[0]), float(k[4]), float(k[2]), float(k[5]), int(width), int(height))
 

@@ -41,7 +41,7 @@ from functools import partial
 from typing import Any
 
 import rclpy
-from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
+from diagnostic_msgs.msg import DiagnosticArray
 from rcl_interfaces.msg import SetParametersResult
 from rclpy.clock import Clock, ClockType
 from rclpy.event_handler import PublisherEventCallbacks, SubscriptionEventCallbacks, UnsupportedEventTypeError
@@ -54,55 +54,33 @@ from visualization_msgs.msg import MarkerArray
 
 from instance_seg_msgs.msg import InstanceArray
 
-from ..core.config import Config, ConfigError, word_for_bool
-from ..core.images import (
-    FrameError,
-    color_from_compressed_msg,
-    color_from_msg,
-    depth_from_msg,
-    intrinsics_from_camera_info,
-)
+from ..core.config import Config, ConfigError
+from ..core.images import color_from_compressed_msg, color_from_msg, depth_from_msg, intrinsics_from_camera_info
 from ..core.sync import LatestSlot, Matched, StampError, StampSynchronizer
 from ..core.text import one_line
+from ..core.types import FrameError
 from ..core.visualize import draw_overlay
 from .conversions import image_msg, instance_array_msg, label_image_msg, stamp_to_ns
-from .diagnostics import NodeStats, Throttle, diagnostic_array
+from .diagnostics import (
+    InputWatch,
+    NodeStats,
+    NodeView,
+    Throttle,
+    check_inputs,
+    diagnostic_array,
+    frame_id_mismatch_text,
+    missing_input_text,
+    node_status,
+    time_reset_warning,
+)
 from .markers import markers_msg
-from .params import NodeSettings, all_specs, declare_specs, is_config_key, split_flat
-from .qos import describe, input_qos, output_qos, policy_name
+from .params import NodeSettings, all_specs, coerced, declare_specs, merged, refuse_fixed, split_flat
+from .qos import describe, incompatible_qos_hint, input_qos, output_qos, policy_name, transport_warning
 
-__all__ = ["STREAMS", "InstanceSegNode", "main", "transport_warning"]
+__all__ = ["STREAMS", "InstanceSegNode", "main"]
 
 NODE_NAME = "instance_seg_node"
 STREAMS = ("image", "depth", "camera_info")
-
-LARGE_DATA_HINT = (
-    "If the publisher runs in another process and sends large messages (e.g. 640x480 images), export "
-    "FASTDDS_BUILTIN_TRANSPORTS=LARGE_DATA in every process (the camera driver and this node) before starting "
-    "them: without it Fast DDS silently drops large samples for best-effort subscribers (or set "
-    "qos.input_reliability:=reliable for a reliable publisher). LARGE_DATA has no effect while "
-    "ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST (use SUBNET or SYSTEM_DEFAULT). Also check that the publisher's QoS is "
-    "compatible."
-)
-
-
-def transport_warning(env: dict[str, str], input_reliability: str) -> str:
-    """A warning when this process's DDS settings will lose large best-effort images from other processes ('' if
-    none). Measured with Fast DDS here: 640x480 rgb8 at best effort across processes arrives 0/20 times with the
-    default transports, and also with LARGE_DATA when ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST (which replaces the
-    builtin transports); 20/20 with LARGE_DATA and SUBNET or SYSTEM_DEFAULT, or with reliable QoS."""
-    if input_reliability != "best_effort" or env.get("RMW_IMPLEMENTATION", "rmw_fastrtps_cpp") != "rmw_fastrtps_cpp":
-        return ""
-    transports = env.get("FASTDDS_BUILTIN_TRANSPORTS", "DEFAULT").upper()
-    if not transports.startswith("LARGE_DATA"):
-        return (f"FASTDDS_BUILTIN_TRANSPORTS is {transports}: large images (e.g. 640x480) from other processes will be "
-                "lost by the best-effort image subscriptions. Export FASTDDS_BUILTIN_TRANSPORTS=LARGE_DATA in every "
-                "process, or set qos.input_reliability:=reliable.")
-    if env.get("ROS_AUTOMATIC_DISCOVERY_RANGE", "").upper() == "LOCALHOST":
-        return ("ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST overrides FASTDDS_BUILTIN_TRANSPORTS=LARGE_DATA: large images "
-                "(e.g. 640x480) from other processes will be lost by the best-effort image subscriptions. Use "
-                "ROS_AUTOMATIC_DISCOVERY_RANGE=SUBNET (or SYSTEM_DEFAULT), or set qos.input_reliability:=reliable.")
-    return ""
 
 
 def _publisher_id(info: Any) -> bytes | None:
@@ -113,15 +91,6 @@ def _publisher_id(info: Any) -> bytes | None:
         return bytes(data) if data is not None else None
     except Exception:  # unknown shape: fall back to stamp-only restart detection
         return None
-
-
-@dataclasses.dataclass
-class _Input:
-    """Book-keeping of one input subscription."""
-
-    topic: str
-    last_rx: float | None = None  # monotonic time of the last message
-    publisher_since: float | None = None  # monotonic time a publisher was first seen (None: none now)
 
 
 class InstanceSegNode(LifecycleNode):
@@ -152,7 +121,7 @@ class InstanceSegNode(LifecycleNode):
         self._worker: threading.Thread | None = None
         self._stop = threading.Event()
         self._subs: dict[str, Any] = {}
-        self._inputs: dict[str, _Input] = {}
+        self._inputs: dict[str, InputWatch] = {}
         self._pubs: dict[str, Any] = {}
         self._active_since = 0.0
         self._last_frame: dict[str, Any] = {}
@@ -198,46 +167,21 @@ class InstanceSegNode(LifecycleNode):
     def _coerce_parameters(self, params: list[Parameter]) -> list[Parameter]:
         """Pre-set: an integer given for a float parameter (``ros2 param set ... depth.max 2``) becomes a double, and
         a boolean for a string parameter with an ``off`` / ``on`` choice (YAML's bare ``off``) the word."""
-        out = []
-        for p in params:
-            spec = self._specs.get(p.name)
-            if spec is not None and spec.type is float and p.type_ == Parameter.Type.INTEGER:
-                p = Parameter(p.name, Parameter.Type.DOUBLE, float(p.value))
-            elif spec is not None and p.type_ == Parameter.Type.BOOL and word_for_bool(spec, p.value):
-                p = Parameter(p.name, Parameter.Type.STRING, word_for_bool(spec, p.value))  # YAML's bare off
-            out.append(p)
-        return out
-
-    def _merged(self, params: list[Parameter]) -> tuple[Config, NodeSettings]:
-        cfg_flat, node_flat = self._config.to_flat(), self._settings.to_flat()
-        for p in params:
-            if p.name in self._specs:
-                (cfg_flat if is_config_key(p.name) else node_flat)[p.name] = p.value
-        return Config.from_flat(cfg_flat), NodeSettings.from_flat(node_flat)
+        return [coerced(self._specs.get(p.name), p) for p in params]
 
     def _validate_parameters(self, params: list[Parameter]) -> SetParametersResult:
         """On-set: refuse invalid values, and fixed ones while configured, with a reason."""
         try:
-            self._merged(params)
+            merged(self._config, self._settings, params)
         except ConfigError as exc:
             return SetParametersResult(successful=False, reason=str(exc))
-        current = {**self._config.to_flat(), **self._settings.to_flat()}
-        for p in params:
-            spec = self._specs.get(p.name)
-            if spec is None or spec.dynamic or self._state == "unconfigured" or p.value == current.get(p.name):
-                continue
-            dynamic = ", ".join(s.name for s in self._specs.values() if s.dynamic)
-            return SetParametersResult(
-                successful=False,
-                reason=(f"{p.name} cannot change while the node is {self._state}; set it in the params file (or "
-                        f"deactivate and clean up the managed node first). Run-time parameters: {dynamic}."),
-            )
-        return SetParametersResult(successful=True)
+        reason = refuse_fixed({**self._config.to_flat(), **self._settings.to_flat()}, params, self._state)
+        return SetParametersResult(successful=not reason, reason=reason)
 
     def _apply_parameters(self, params: list[Parameter]) -> None:
         """Post-set: take the new values; the worker hands a new config to the pipeline before its next frame."""
         try:
-            cfg, settings = self._merged(params)
+            cfg, settings = merged(self._config, self._settings, params)
         except ConfigError as exc:  # validated in the on-set callback; cannot happen
             self._callback_error("parameters", exc)
             return
@@ -376,7 +320,7 @@ class InstanceSegNode(LifecycleNode):
                     mtype, topic, callback, qos, event_callbacks=SubscriptionEventCallbacks(
                         incompatible_qos=incompatible))
             self._subs[stream] = sub
-            self._inputs[stream] = _Input(topic=sub.topic_name)
+            self._inputs[stream] = InputWatch(topic=sub.topic_name)
 
     def _destroy_subscriptions(self) -> None:
         for sub in self._subs.values():
@@ -429,41 +373,24 @@ class InstanceSegNode(LifecycleNode):
     def _on_time_reset(self, stream: str, previous_ns: int, stamp_ns: int, reason: str) -> None:
         self._stats.inc("time_resets")
         self._stats.inc(f"time_resets.{reason}")
-        cause = {"jump_back": "time jumped back (a looping bag or a restarted simulation)",
-                 "new_source": "a new publisher started with older stamps (the camera was restarted)",
-                 "restarted_clock": "stamps kept arriving older than before (a clock that started over)"}[reason]
-        topic = self._inputs[stream].topic if stream in self._inputs else stream
-        self._warn("time_reset", f"Input time base restarted on '{topic}': {cause}; stamp {stamp_ns / 1e9:.3f} s "
-                                 f"after {previous_ns / 1e9:.3f} s. Queued messages were dropped and matching "
-                                 "starts over.")
+        self._warn("time_reset", time_reset_warning(self._topic(stream), reason, previous_ns, stamp_ns))
 
     def _on_drop(self, stream: str, stamp_ns: int, missing: tuple[str, ...]) -> None:
         self._stats.inc(f"unmatched.{stream}")
+        sync = self._config.sync
         for other in missing:
-            hint = ("publish camera_info with the same stamps as the image and check that it is remapped"
-                    if other == "camera_info" else
-                    "depth must be registered to color and stamped like it (e.g. aligned_depth_to_color)")
-            slop = self._config.sync.slop
-            topic = self._inputs[other].topic if other in self._inputs else other
             self._reject(f"missing_{other}",
-                         f"the image stamped {stamp_ns / 1e9:.3f} s found no {other} message on '{topic}' within "
-                         f"sync.slop = "
-                         f"{slop:g} s before a newer frame was complete or it aged out (sync.max_age = "
-                         f"{self._config.sync.max_age:g} s); {hint}.")
+                         missing_input_text(other, self._topic(other), stamp_ns, sync.slop, sync.max_age))
+
+    def _topic(self, stream: str) -> str:
+        return self._inputs[stream].topic if stream in self._inputs else stream
 
     def _on_incompatible_qos(self, topic: str, other: str, event: Any) -> None:
         self._stats.inc("qos_incompatible")
         self._stats.inc(f"qos_incompatible.{topic}")
         policy = policy_name(event.last_policy_kind)
-        if "RELIABILITY" in policy.upper():
-            hint = ("Set qos.input_reliability:=best_effort (matches every publisher)." if other == "publisher" else
-                    "Set qos.output_reliability to what the subscriber requests.")
-        elif "DURABILITY" in policy.upper() and other == "subscriber":
-            hint = "Our outputs are volatile; subscribe with volatile durability."
-        else:
-            hint = f"Make the {other}'s {policy} policy compatible with ours."
         self._warn(f"qos_{topic}", f"A {other} on '{topic}' has incompatible QoS (policy {policy}); no messages "
-                                   f"flow between us. {hint}")
+                                   f"flow between us. {incompatible_qos_hint(policy, other)}")
 
     def _on_message_lost(self, stream: str, event: Any) -> None:
         self._stats.inc(f"messages_lost.{stream}", int(getattr(event, "total_count_change", 1)) or 1)
@@ -496,14 +423,10 @@ class InstanceSegNode(LifecycleNode):
         if seg.config is not cfg:
             seg.update_config(cfg)
         color_msg, depth_msg, info_msg = m.msgs
-        if s.frame_id_check:
-            ids = [color_msg.header.frame_id, depth_msg.header.frame_id, info_msg.header.frame_id]
-            if len(set(ids)) != 1:
-                return self._reject(
-                    "frame_id_mismatch",
-                    f"frame_id differs between image ('{ids[0]}'), depth ('{ids[1]}') and camera_info ('{ids[2]}'); "
-                    "depth must be registered to the color camera (e.g. aligned_depth_to_color), or set "
-                    "input.frame_id_check:=false if the frames are the same under different names.")
+        mismatch = s.frame_id_check and frame_id_mismatch_text(
+            color_msg.header.frame_id, depth_msg.header.frame_id, info_msg.header.frame_id)
+        if mismatch:
+            return self._reject("frame_id_mismatch", mismatch)
         limits = {"max_width": cfg.input.max_width, "max_height": cfg.input.max_height}
         t0 = time.perf_counter()
         try:
@@ -577,33 +500,6 @@ class InstanceSegNode(LifecycleNode):
         self._stats.error(f"{reason}: {text}")
         self._warn(reason, f"{what} dropped ({reason}): {text}")
 
-    def _check_inputs(self, now: float) -> list[str]:
-        """Warn about input topics that have no publisher, or publishers that deliver nothing."""
-        s = self._settings
-        problems: list[str] = []
-        if self._state != "active" or s.stale_timeout <= 0:
-            return problems
-        for stream, sub in list(self._subs.items()):
-            info = self._inputs[stream]
-            npub = sub.get_publisher_count()
-            if npub == 0:
-                info.publisher_since = None
-                if now - self._active_since > s.stale_timeout:
-                    problems.append(f"no publisher on {info.topic}")
-                    self._warn(f"no_publisher_{stream}",
-                               f"No publisher on '{info.topic}' yet; remap the node's '{stream}' input to the camera's "
-                               f"topic (e.g. -r {stream}:=/camera/...) or use a launch file camera preset.")
-                continue
-            if info.publisher_since is None:
-                info.publisher_since = now
-            quiet = now - max(info.last_rx or 0.0, info.publisher_since)
-            if quiet > s.stale_timeout:
-                problems.append(f"{info.topic} silent for {quiet:.0f} s")
-                self._warn(f"stale_{stream}",
-                           f"'{info.topic}' has {npub} publisher(s) but delivered nothing for {quiet:.0f} s. "
-                           + LARGE_DATA_HINT)
-        return problems
-
     # ================================================================== diagnostics
     def _publish_diagnostics(self) -> None:
         try:
@@ -613,75 +509,24 @@ class InstanceSegNode(LifecycleNode):
 
     def _diagnostics(self) -> None:
         now = time.monotonic()
-        problems = self._check_inputs(now)
-        st = self._stats
-        rejected = st.counts("rejected.")
-        n_rejected = sum(rejected.values())
-        deltas = {}
-        for key, value in (("rejected", n_rejected), ("pipeline_errors", st.count("pipeline_errors")),
-                           ("callback_errors", st.count("callback_errors")),
-                           ("qos_incompatible", st.count("qos_incompatible")),
-                           ("skipped", sum(st.counts("skipped.").values()))):
-            deltas[key] = value - self._diag_last.get(key, 0)
-            self._diag_last[key] = value
-        sync = self._sync
-        pending = sync.pending() if sync is not None else {}
-        backlog = sum(pending.values()) + int(self._slot.pending)
-        values: dict[str, Any] = {
-            "state": self._state,
-            "model_loaded": bool(self._seg is not None and self._seg.loaded),
-            "input_rate_hz": st.rate("frames_matched", now),
-            "output_rate_hz": st.rate("frames_published", now),
-            **{f"rate_hz.{k}": st.rate(f"received.{k}", now) for k in STREAMS},
-            **st.latency_summary(now),
-            "frames_matched": st.count("frames_matched"),
-            "frames_processed": st.count("frames_processed"),
-            "frames_published": st.count("frames_published"),
-            "frames_skipped": st.count("frames_skipped"),
-            "frames_rejected": n_rejected,
-            **dict(sorted(rejected.items())),
-            **dict(sorted(st.counts("unmatched.").items())),
-            **dict(sorted(st.counts("received.").items())),
-            "pipeline_errors": st.count("pipeline_errors"),
-            "oom_retries": int(getattr(self._seg, "oom_retries", 0)),
-            **{k: st.count(k) for k in ("support_plane.frames_with_plane", "support_plane.frames_without_plane",
-                                        "support_plane.instances_dropped")},
-            **dict(sorted(st.counts("skipped.").items())),
-            "callback_errors": st.count("callback_errors"),
-            "qos_incompatible": st.count("qos_incompatible"),
-            **dict(sorted(st.counts("messages_lost.").items())),
-            "backlog": backlog,
-            **{f"input.{k}": v.topic for k, v in self._inputs.items()},
-            **{f"publishers.{k}": sub.get_publisher_count() for k, sub in self._subs.items()},
-        }
-        if self._last_frame:
-            values.update({f"last_frame.{k}": v for k, v in self._last_frame.items()})
-        if st.last_error:
-            values["last_problem"] = st.last_error
-        if self._configure_error:
-            level, message = DiagnosticStatus.ERROR, self._configure_error
-        elif deltas["pipeline_errors"] > 0 or deltas["callback_errors"] > 0:
-            n = deltas["pipeline_errors"] + deltas["callback_errors"]
-            level, message = DiagnosticStatus.ERROR, f"{n} error(s): {st.last_error}"
-        elif self._state != "active":
-            level, message = DiagnosticStatus.WARN, f"{self._state} (not processing)"
-        elif deltas["rejected"] > 0 or problems or deltas["qos_incompatible"] > 0 or deltas["skipped"] > 0:
-            parts = [f"{deltas['rejected']} frame(s) rejected"] if deltas["rejected"] else []
-            if deltas["skipped"]:
-                parts.append(f"{deltas['skipped']} frame(s) skipped (out of memory)")
-            parts += problems
-            if deltas["qos_incompatible"]:
-                parts.append("incompatible QoS")
-            level, message = DiagnosticStatus.WARN, "; ".join(parts)
-        else:
-            lat = values.get("latency_ms_mean")
-            message = (f"{values['input_rate_hz']:.1f} Hz in, {values['output_rate_hz']:.1f} Hz out"
-                       + (f", latency {lat:.0f} ms" if lat is not None else ""))
-            level = DiagnosticStatus.OK
+        publishers = {k: sub.get_publisher_count() for k, sub in list(self._subs.items())}
+        problems = check_inputs(self._inputs, publishers, now, active_since=self._active_since,
+                                stale_timeout=self._settings.stale_timeout) if self._state == "active" else []
+        for problem in problems:
+            self._warn(problem.key, problem.warning)
+        seg, sync = self._seg, self._sync
+        view = NodeView(
+            state=self._state, streams=STREAMS, model_loaded=bool(seg is not None and seg.loaded),
+            configure_error=self._configure_error, oom_retries=int(getattr(seg, "oom_retries", 0)),
+            backlog=sum((sync.pending() if sync is not None else {}).values()) + int(self._slot.pending),
+            topics={k: w.topic for k, w in self._inputs.items()}, publishers=publishers, last_frame=self._last_frame,
+            input_problems=[p.summary for p in problems])
+        status = node_status(self._stats, view, now, since=self._diag_last)
+        self._diag_last = status.totals
         try:
             self._diag_pub.publish(diagnostic_array(
-                self.get_clock().now().to_msg(), f"{self.get_name()}: instance segmentation", level, message, values,
-                hardware_id=str(self._last_frame.get("frame_id", ""))))
+                self.get_clock().now().to_msg(), f"{self.get_name()}: instance segmentation", status.level,
+                status.message, status.values, hardware_id=str(self._last_frame.get("frame_id", ""))))
         except Exception:  # the context is going down
             pass
 

@@ -16,7 +16,7 @@ from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescri
 from rclpy.exceptions import InvalidParameterTypeException, InvalidParameterValueException
 from rclpy.parameter import Parameter
 
-from ..core.config import Config, ConfigError, ParamSpec, check_value, param_spec, word_for_bool
+from ..core.config import Config, ConfigError, ParamSpec, Settings, check_value, param_field, word_for_bool
 from ..core.text import one_line
 
 __all__ = [
@@ -24,52 +24,73 @@ __all__ = [
     "PUBLISH_MODES",
     "NodeSettings",
     "all_specs",
+    "coerced",
     "declare_specs",
     "descriptor",
     "is_config_key",
+    "merged",
+    "refuse_fixed",
     "split_flat",
     "validate_node_value",
 ]
 
 PUBLISH_MODES = ("auto", "always", "never")
-
-
-_spec = param_spec
-
-
 _PUBLISH_HELP = "auto = only while someone subscribes, always, or never."
 
-NODE_SPECS: tuple[ParamSpec, ...] = (
-    _spec("managed", False,
-          "Run as a managed lifecycle node (configure loads and warms the model, activate subscribes, deactivate "
-          "frees GPU memory). false = configure and activate at start-up."),
-    _spec("input.compressed", False,
-          "Subscribe to image/compressed (sensor_msgs/CompressedImage, JPEG or PNG) instead of the raw image."),
-    _spec("input.frame_id_check", True,
-          "Refuse frames whose color, depth and camera_info header.frame_id differ (depth must be registered to "
-          "the color camera).", dynamic=True),
-    _spec("qos.input_reliability", "best_effort",
-          "Reliability of the image, depth and camera_info subscriptions: best_effort (sensor data; matches every "
-          "publisher) or reliable (matches reliable publishers only).", choices=("best_effort", "reliable")),
-    _spec("qos.input_depth", 5, "History depth (keep last) of each input subscription.", low=1, high=100),
-    _spec("qos.output_reliability", "reliable", "Reliability of every output publisher: reliable or best_effort.",
-          choices=("best_effort", "reliable")),
-    _spec("qos.output_depth", 5, "History depth (keep last) of each output publisher.", low=1, high=100),
-    _spec("publish.labels", "auto", "Publish instance_labels (mono16 label image): " + _PUBLISH_HELP,
-          choices=PUBLISH_MODES, dynamic=True),
-    _spec("publish.markers", "auto", "Publish instance_markers (boxes, centroids, labels for RViz): " + _PUBLISH_HELP,
-          choices=PUBLISH_MODES, dynamic=True),
-    _spec("publish.debug_image", "auto", "Publish debug_image (rgb8 contour overlay): " + _PUBLISH_HELP,
-          choices=PUBLISH_MODES, dynamic=True),
-    _spec("diagnostics.period", 1.0, "Seconds between /diagnostics messages.", low=0.1, high=60.0),
-    _spec("diagnostics.stale_timeout", 5.0,
-          "Warn when an input topic that has publishers delivers nothing for this many seconds (the Fast DDS "
-          "large-data pitfall), or has no publisher at all; 0 disables.", low=0.0, high=3600.0, dynamic=True),
-    _spec("diagnostics.warn_throttle", 5.0,
-          "At most one warning per problem (bad frame reason, stale topic ...) every this many seconds.",
-          low=0.0, high=3600.0, dynamic=True),
-)
 
+@dataclass(frozen=True)
+class NodeSettings(Settings):
+    """The node-only parameters, validated; each field's parameter name, default and description are declared once,
+    here (:data:`NODE_SPECS` is read from them).
+
+    Raises:
+        ConfigError: a value of the wrong type, out of range or not one of the choices.
+    """
+
+    label = "node"
+
+    managed: bool = param_field(
+        False, "Run as a managed lifecycle node (configure loads and warms the model, activate subscribes, deactivate "
+        "frees GPU memory). false = configure and activate at start-up.")
+    compressed: bool = param_field(
+        False, "Subscribe to image/compressed (sensor_msgs/CompressedImage, JPEG or PNG) instead of the raw image.",
+        name="input.compressed")
+    frame_id_check: bool = param_field(
+        True, "Refuse frames whose color, depth and camera_info header.frame_id differ (depth must be registered to "
+        "the color camera).", dynamic=True, name="input.frame_id_check")
+    input_reliability: str = param_field(
+        "best_effort", "Reliability of the image, depth and camera_info subscriptions: best_effort (sensor data; "
+        "matches every publisher) or reliable (matches reliable publishers only).",
+        choices=("best_effort", "reliable"), name="qos.input_reliability")
+    input_depth: int = param_field(5, "History depth (keep last) of each input subscription.", low=1, high=100,
+                                   name="qos.input_depth")
+    output_reliability: str = param_field(
+        "reliable", "Reliability of every output publisher: reliable or best_effort.",
+        choices=("best_effort", "reliable"), name="qos.output_reliability")
+    output_depth: int = param_field(5, "History depth (keep last) of each output publisher.", low=1, high=100,
+                                    name="qos.output_depth")
+    publish_labels: str = param_field(
+        "auto", "Publish instance_labels (mono16 label image): " + _PUBLISH_HELP,
+        choices=PUBLISH_MODES, dynamic=True, name="publish.labels")
+    publish_markers: str = param_field(
+        "auto", "Publish instance_markers (boxes, centroids, labels for RViz): " + _PUBLISH_HELP,
+        choices=PUBLISH_MODES, dynamic=True, name="publish.markers")
+    publish_debug_image: str = param_field(
+        "auto", "Publish debug_image (rgb8 contour overlay): " + _PUBLISH_HELP,
+        choices=PUBLISH_MODES, dynamic=True, name="publish.debug_image")
+    diagnostics_period: float = param_field(1.0, "Seconds between /diagnostics messages.", low=0.1, high=60.0,
+                                            name="diagnostics.period")
+    stale_timeout: float = param_field(
+        5.0, "Warn when an input topic that has publishers delivers nothing for this many seconds (the Fast DDS "
+        "large-data pitfall), or has no publisher at all; 0 disables.", low=0.0, high=3600.0, dynamic=True,
+        name="diagnostics.stale_timeout")
+    warn_throttle: float = param_field(
+        5.0, "At most one warning per problem (bad frame reason, stale topic ...) every this many seconds.",
+        low=0.0, high=3600.0, dynamic=True, name="diagnostics.warn_throttle")
+
+
+#: the node-only parameters, in declaration order
+NODE_SPECS: tuple[ParamSpec, ...] = NodeSettings.specs()
 _NODE_BY_NAME = {s.name: s for s in NODE_SPECS}
 _CONFIG_KEYS = frozenset(s.name for s in Config.specs())
 
@@ -103,56 +124,46 @@ def validate_node_value(name: str, value: Any) -> Any:
     return check_value(spec, value)
 
 
-@dataclass(frozen=True)
-class NodeSettings:
-    """The node-only parameters, validated (see :data:`NODE_SPECS` for their meaning)."""
+def merged(cfg: Config, settings: NodeSettings, params: Iterable[Parameter]) -> tuple[Config, NodeSettings]:
+    """``cfg`` and ``settings`` with the new values of ``params`` (names that are neither are ignored).
 
-    managed: bool = False
-    compressed: bool = False
-    frame_id_check: bool = True
-    input_reliability: str = "best_effort"
-    input_depth: int = 5
-    output_reliability: str = "reliable"
-    output_depth: int = 5
-    publish_labels: str = "auto"
-    publish_markers: str = "auto"
-    publish_debug_image: str = "auto"
-    diagnostics_period: float = 1.0
-    stale_timeout: float = 5.0
-    warn_throttle: float = 5.0
+    Raises:
+        ConfigError: an invalid value, with the reason.
+    """
+    cfg_flat, node_flat = cfg.to_flat(), settings.to_flat()
+    for p in params:
+        if p.name in _CONFIG_KEYS:
+            cfg_flat[p.name] = p.value
+        elif p.name in _NODE_BY_NAME:
+            node_flat[p.name] = p.value
+    return Config.from_flat(cfg_flat), NodeSettings.from_flat(node_flat)
 
-    _FIELDS = {
-        "managed": "managed",
-        "input.compressed": "compressed",
-        "input.frame_id_check": "frame_id_check",
-        "qos.input_reliability": "input_reliability",
-        "qos.input_depth": "input_depth",
-        "qos.output_reliability": "output_reliability",
-        "qos.output_depth": "output_depth",
-        "publish.labels": "publish_labels",
-        "publish.markers": "publish_markers",
-        "publish.debug_image": "publish_debug_image",
-        "diagnostics.period": "diagnostics_period",
-        "diagnostics.stale_timeout": "stale_timeout",
-        "diagnostics.warn_throttle": "warn_throttle",
-    }
 
-    @classmethod
-    def from_flat(cls, flat: Mapping[str, Any]) -> NodeSettings:
-        """From dotted node parameter names (missing ones keep their defaults).
+def refuse_fixed(current: Mapping[str, Any], params: Iterable[Parameter], state: str) -> str:
+    """Why ``params`` cannot be set in lifecycle ``state`` ('' when they can): a parameter that is not dynamic
+    keeps its ``current`` value while the node is configured."""
+    if state == "unconfigured":
+        return ""
+    specs = {s.name: s for s in all_specs()}
+    for p in params:
+        spec = specs.get(p.name)
+        if spec is None or spec.dynamic or p.value == current.get(p.name):
+            continue
+        dynamic = ", ".join(s.name for s in specs.values() if s.dynamic)
+        return (f"{p.name} cannot change while the node is {state}; set it in the params file (or deactivate and "
+                f"clean up the managed node first). Run-time parameters: {dynamic}.")
+    return ""
 
-        Raises:
-            ConfigError: an unknown name or an invalid value, with the reason.
-        """
-        kw = {}
-        for name, value in flat.items():
-            if name not in cls._FIELDS:
-                raise ConfigError(f"Unknown node parameter '{name}'. Known: {', '.join(cls._FIELDS)}.")
-            kw[cls._FIELDS[name]] = validate_node_value(name, value)
-        return cls(**kw)
 
-    def to_flat(self) -> dict[str, Any]:
-        return {name: getattr(self, attr) for name, attr in self._FIELDS.items()}
+def coerced(spec: ParamSpec | None, param: Parameter) -> Parameter:
+    """``param`` as ``spec`` takes it: an integer for a float parameter (``-p rate:=5``, ``depth.max: 2`` in YAML,
+    ``ros2 param set ... depth.max 2``) becomes a double, and a boolean for a string parameter with an ``off`` /
+    ``on`` choice (YAML's bare ``off``) the word; anything else is returned unchanged."""
+    if spec is not None and spec.type is float and param.type_ == Parameter.Type.INTEGER:
+        return Parameter(param.name, Parameter.Type.DOUBLE, float(param.value))
+    if spec is not None and param.type_ == Parameter.Type.BOOL and word_for_bool(spec, param.value):
+        return Parameter(param.name, Parameter.Type.STRING, word_for_bool(spec, param.value))
+    return param
 
 
 FIXED_WHILE_CONFIGURED = "fixed while configured (params file, or a managed node's unconfigured state)"
@@ -198,10 +209,8 @@ def declare_specs(node: Any, specs: Iterable[ParamSpec], *, error: type[Exceptio
     values: dict[str, Any] = {}
     for spec in specs:
         given = overrides.get(spec.name)
-        if given is not None and spec.type is float and given.type_ == Parameter.Type.INTEGER:
-            overrides[spec.name] = Parameter(spec.name, Parameter.Type.DOUBLE, float(given.value))
-        elif given is not None and given.type_ == Parameter.Type.BOOL and word_for_bool(spec, given.value):
-            overrides[spec.name] = Parameter(spec.name, Parameter.Type.STRING, word_for_bool(spec, given.value))
+        if given is not None:
+            overrides[spec.name] = coerced(spec, given)
         try:
             values[spec.name] = node.declare_parameter(spec.name, spec.default,
                                                        descriptor(spec, **descriptor_kw)).value

@@ -23,6 +23,7 @@ __all__ = [
     "DEPTH_STD",
     "INPUT_MODES",
     "InputError",
+    "check_model_input",
     "depth_to_channel",
     "frame_to_input",
 ]
@@ -51,7 +52,7 @@ def depth_to_channel(depth: torch.Tensor, depth_max_m: float = DEPTH_MAX_M) -> t
     return d.clamp_(0.0, depth_max_m).mul_(1.0 / depth_max_m)
 
 
-def check_frame(color: np.ndarray, depth: np.ndarray | None, input_mode: str) -> None:
+def check_model_input(color: np.ndarray, depth: np.ndarray | None, input_mode: str) -> None:
     """Raise :class:`InputError` unless ``color`` is ``[H, W, 3] uint8`` and ``depth`` (when the input
     mode needs it, or is given) is ``[H, W]`` float of the same size."""
     if input_mode not in INPUT_MODES:
@@ -97,7 +98,7 @@ def frame_to_input(
         device: where the tensor goes; the uint8 → float conversion runs there (cheaper to copy bytes).
         non_blocking: pin host memory and copy asynchronously (CUDA only).
     """
-    check_frame(color, depth, input_mode)
+    check_model_input(color, depth, input_mode)
     device = torch.device(device)
     pin = non_blocking and device.type == "cuda"
 
