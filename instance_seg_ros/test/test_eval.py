@@ -23,9 +23,11 @@ from rosbags.rosbag2 import StoragePlugin, Writer
 
 from instance_seg_ros.core.coco_eval import encode_masks
 from instance_seg_ros.tools import bagio
+from instance_seg_ros.tools.bagio import MissingTopicError
 from instance_seg_ros.tools.cli import main
+from instance_seg_ros.tools.eval_replay import R_COLOR
 from instance_seg_ros.tools.eval_report import to_json
-from instance_seg_ros.tools.evaluate import R_COLOR, MissingTopicError, evaluate
+from instance_seg_ros.tools.evaluate import evaluate
 from instance_seg_ros.tools.record import COLOR_TOPIC, COMPRESSED_TOPIC, DEPTH_TOPIC, GT_TOPIC, record
 
 W, H, N = 160, 120, 4
@@ -54,7 +56,7 @@ def segmenter():
     import torch
 
     from instance_seg_ros.core.pipeline import Segmenter
-    from instance_seg_ros.tools.bench import build_config
+    from instance_seg_ros.tools.cli_config import build_config
 
     cfg, _ = build_config(CONFIG)
     torch.manual_seed(0)
@@ -335,6 +337,6 @@ def test_cli_runs_the_real_pipeline_and_writes_the_report(bags, tmp_path, capsys
 
 
 def _config():
-    from instance_seg_ros.tools.bench import build_config
+    from instance_seg_ros.tools.cli_config import build_config
 
     return build_config(CONFIG)[0]

@@ -73,7 +73,9 @@ def test_real_frames_shipped_model_beside_the_plane_baseline(tmp_path, capsys):
 
 def _write_sim_frames(root: Path) -> None:
     """Two simulated 160x120 frames in the folder layout: ``labelled/`` with label.png + amodal/, ``bare/`` without."""
-    from instance_seg_ros.sim.scene import Scene, SceneConfig, d435_intrinsics
+    from instance_seg_ros.sim.camera import d435_intrinsics
+    from instance_seg_ros.sim.randomization import SceneConfig
+    from instance_seg_ros.sim.scene import Scene
 
     K = d435_intrinsics(160, 120)
     with Scene.random(seed=5, config=SceneConfig(min_objects=3, max_objects=4, settle_steps=120)) as scene:
@@ -96,7 +98,7 @@ def _write_sim_frames(root: Path) -> None:
 
 @pytest.mark.slow
 def test_simulated_frames_through_an_untrained_model(tmp_path):
-    from instance_seg_ros.tools.bench import build_config
+    from instance_seg_ros.tools.cli_config import build_config
     from instance_seg_ros.tools.eval_frames import evaluate_frames
     from instance_seg_ros.tools.eval_frames_report import write_frames_outputs
 
@@ -118,7 +120,7 @@ def test_simulated_frames_through_an_untrained_model(tmp_path):
 
 
 def test_plane_check_off_scores_one_model_column(tmp_path):
-    from instance_seg_ros.tools.bench import build_config
+    from instance_seg_ros.tools.cli_config import build_config
     from instance_seg_ros.tools.eval_frames import evaluate_frames
 
     _write_sim_frames(tmp_path / "frames")

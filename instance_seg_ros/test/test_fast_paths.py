@@ -35,7 +35,7 @@ def _threads():
 
 @pytest.fixture(scope="module")
 def frame():
-    from instance_seg_ros.tools.bench import make_frame
+    from instance_seg_ros.tools.bench_frame import make_frame
 
     return make_frame(640, 480, 6, seed=3)
 
@@ -197,7 +197,8 @@ def test_naive_lifting_equals_the_vectorized_lifting(frame):
 
 @pytest.mark.ros
 def test_fast_message_equals_the_element_wise_message(frame, fast_and_reference):
-    from instance_seg_ros.ros.conversions import frame_result_from_msg, header, instance_array_msg
+    from instance_seg_ros.core.msg_codec import frame_result_from_instance_array as frame_result_from_msg
+    from instance_seg_ros.ros.conversions import header, instance_array_msg
     from instance_seg_ros.tools.baseline import naive_instance_array_msg
 
     fast, _ = fast_and_reference

@@ -403,6 +403,7 @@ def test_paste_matches_torchvision():
 
 def test_predictor_from_config():
     from instance_seg_ros.core.config import Config
+    from instance_seg_ros.core.pipeline import Segmenter
 
     cfg = Config.from_flat({
         "model.weights": "none",
@@ -413,7 +414,9 @@ def test_predictor_from_config():
         "model.warmup": False,
     })
     logs = []
-    pred = Predictor.from_config(cfg, log=logs.append)
+    seg = Segmenter(cfg, log=logs.append)  # the one way from a Config to a Predictor
+    seg.load()
+    pred = seg.predictor
     assert any("UNTRAINED" in m for m in logs)
     assert pred.device == torch.device("cpu") and pred.max_instances == 4 and pred.score_threshold == 0.0
     color, _, _ = synthetic_scene(6)

@@ -16,7 +16,9 @@ def test_instance_array_round_trip_between_processes(procs, ros):
     from rclpy.qos import QoSProfile, ReliabilityPolicy
 
     from instance_seg_msgs.msg import InstanceArray
-    from instance_seg_ros.ros.conversions import frame_result_from_msg, pointcloud2_to_arrays, stamp_to_ns
+    from instance_seg_ros.core.msg_codec import frame_result_from_instance_array as frame_result_from_msg
+    from instance_seg_ros.core.msg_codec import pointcloud2_arrays as pointcloud2_to_arrays
+    from instance_seg_ros.ros.conversions import stamp_to_ns
 
     received: list[InstanceArray] = []
     ros.node.create_subscription(InstanceArray, "instances", received.append,

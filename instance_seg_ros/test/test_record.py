@@ -15,7 +15,9 @@ from instance_seg_ros.core.images import (
     depth_from_msg,
     intrinsics_from_camera_info,
 )
-from instance_seg_ros.sim.scene import Scene, SceneConfig, d435_intrinsics
+from instance_seg_ros.sim.camera import d435_intrinsics
+from instance_seg_ros.sim.randomization import SceneConfig
+from instance_seg_ros.sim.scene import Scene
 from instance_seg_ros.tools import bagio, cli
 from instance_seg_ros.tools.record import (
     COLOR_TOPIC,

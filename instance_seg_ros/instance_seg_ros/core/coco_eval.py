@@ -33,7 +33,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["METRIC_KEYS", "AmodalCocoEvaluator", "EvalError", "decode_segmentation", "encode_masks"]
+__all__ = ["METRIC_KEYS", "AmodalCocoEvaluator", "CocoInputError", "decode_segmentation", "encode_masks"]
 
 _STAT_NAMES = ("ap", "ap50", "ap75", "ap_small", "ap_medium", "ap_large", "ar1", "ar10", "ar100")
 METRIC_KEYS = (
@@ -47,8 +47,9 @@ METRIC_KEYS = (
 )
 
 
-class EvalError(ValueError):
-    """Evaluation input is malformed; the message says what was expected."""
+class CocoInputError(ValueError):
+    """Input to the COCO evaluator or to :func:`decode_segmentation` is malformed (masks, labels, scores, a COCO
+    segmentation); the message says what was expected."""
 
 
 def _numpy(a: Any, name: str) -> np.ndarray:
@@ -64,7 +65,7 @@ def encode_masks(masks: Any) -> list[dict[str, Any]]:
 
     m = _numpy(masks, "masks")
     if m.ndim != 3:
-        raise EvalError(f"masks must be [N, H, W], got shape {m.shape}.")
+        raise CocoInputError(f"masks must be [N, H, W], got shape {m.shape}.")
     if m.shape[0] == 0:
         return []
     with warnings.catch_warnings():
@@ -80,7 +81,7 @@ def decode_segmentation(seg: Any, height: int, width: int) -> np.ndarray:
     ``counts`` as str / bytes) → np.ndarray[height, width] bool.
 
     Raises:
-        EvalError: it is none of these, cannot be decoded, or decodes to another size (the message says which).
+        CocoInputError: it is none of these, cannot be decoded, or decodes to another size (the message says which).
     """
     from pycocotools import mask as mask_utils
 
@@ -99,9 +100,9 @@ def decode_segmentation(seg: Any, height: int, width: int) -> np.ndarray:
             warnings.simplefilter("ignore", DeprecationWarning)
             m = mask_utils.decode(rle)
     except (TypeError, KeyError, ValueError) as exc:
-        raise EvalError(f"a segmentation cannot be decoded ({exc}).") from exc
+        raise CocoInputError(f"a segmentation cannot be decoded ({exc}).") from exc
     if m.shape[:2] != (h, w):
-        raise EvalError(f"a segmentation is {m.shape[1]}x{m.shape[0]} but its image is {w}x{h}.")
+        raise CocoInputError(f"a segmentation is {m.shape[1]}x{m.shape[0]} but its image is {w}x{h}.")
     return m.reshape(h, w).astype(bool)
 
 
@@ -116,7 +117,7 @@ class AmodalCocoEvaluator:
 
     def __init__(self, num_classes: int = 2, *, class_agnostic: bool = False, max_dets: int = 100) -> None:
         if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 2:
-            raise EvalError(f"num_classes counts the background and must be >= 2, got {num_classes!r}.")
+            raise CocoInputError(f"num_classes counts the background and must be >= 2, got {num_classes!r}.")
         self.num_classes = num_classes
         self.class_agnostic = class_agnostic
         self.max_dets = int(max_dets)
@@ -132,9 +133,9 @@ class AmodalCocoEvaluator:
             return np.ones(n, np.int64)
         lab = _numpy(labels, "labels").astype(np.int64).reshape(-1)
         if lab.shape[0] != n:
-            raise EvalError(f"{what}: {lab.shape[0]} labels for {n} masks.")
+            raise CocoInputError(f"{what}: {lab.shape[0]} labels for {n} masks.")
         if n and (lab.min() < 1 or lab.max() >= self.num_classes):
-            raise EvalError(f"{what}: labels must be within 1..{self.num_classes - 1}, got {sorted(set(lab))}.")
+            raise CocoInputError(f"{what}: labels must be within 1..{self.num_classes - 1}, got {sorted(set(lab))}.")
         return lab
 
     @staticmethod
@@ -142,14 +143,14 @@ class AmodalCocoEvaluator:
         vis = _numpy(masks, "masks") != 0
         amo = vis.copy() if amodal_masks is None else (_numpy(amodal_masks, "amodal_masks") != 0)
         if vis.ndim != 3 or amo.shape != vis.shape:
-            raise EvalError(f"{what}: masks and amodal_masks must be [N, H, W] of one shape, got {vis.shape} and "
+            raise CocoInputError(f"{what}: masks and amodal_masks must be [N, H, W] of one shape, got {vis.shape} and "
                             f"{amo.shape}.")
         return vis, amo | vis
 
     def _image(self, image_id: int, hw: tuple[int, int]) -> None:
         image_id = int(image_id)
         if image_id in self._images and self._images[image_id] != hw:
-            raise EvalError(f"image {image_id} was {self._images[image_id]} before and is now {hw}.")
+            raise CocoInputError(f"image {image_id} was {self._images[image_id]} before and is now {hw}.")
         self._images[image_id] = hw
 
     def add_ground_truth(
@@ -205,7 +206,7 @@ class AmodalCocoEvaluator:
         self._image(image_id, tuple(vis.shape[1:]))
         sc = _numpy(scores, "scores").astype(np.float64).reshape(-1)
         if sc.shape[0] != n:
-            raise EvalError(f"predictions of image {image_id}: {sc.shape[0]} scores for {n} masks.")
+            raise CocoInputError(f"predictions of image {image_id}: {sc.shape[0]} scores for {n} masks.")
         lab = self._labels(labels, n, f"predictions of image {image_id}")
         if occlusion is None:
             a = vis.sum(axis=(1, 2))

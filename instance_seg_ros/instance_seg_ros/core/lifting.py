@@ -19,8 +19,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .images import FrameError
-from .types import Intrinsics
+from .types import FrameError, Intrinsics
 
 __all__ = [
     "LiftedCloud",

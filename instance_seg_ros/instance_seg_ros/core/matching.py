@@ -1,4 +1,4 @@
-"""Matching predicted instances to ground truth by visible-mask IoU, and a small PLY writer.
+"""Matching predicted instances to ground truth by visible-mask IoU.
 
 Used by the demo's ground-truth line, the shipped-model test and the rosbag evaluator's 3D metrics
 (the COCO AP figures come from :mod:`.coco_eval`, which runs pycocotools).
@@ -7,13 +7,12 @@ Used by the demo's ground-truth line, the shipped-model test and the rosbag eval
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 
 from .types import FrameResult, InstanceResult
 
-__all__ = ["Match", "crop_iou_matrix", "match_instances", "write_ply"]
+__all__ = ["Match", "crop_iou_matrix", "match_instances"]
 
 
 def _box_xyxy(inst: InstanceResult, amodal: bool) -> tuple[int, int, int, int]:
@@ -73,29 +72,3 @@ def match_instances(pred: FrameResult, gt: FrameResult, *, iou_threshold: float 
                 if p.num_points and g.num_points else float("nan")
             matches.append(Match(i, best, float(best_iou), err))
     return matches
-
-
-def write_ply(path: str | Path, points: np.ndarray, colors: np.ndarray | None = None) -> Path:
-    """Binary little-endian PLY of ``points`` float32[N, 3] (+ ``colors`` uint8[N, 3]); readable by Open3D,
-    MeshLab and CloudCompare."""
-    pts = np.asarray(points, dtype="<f4").reshape(-1, 3)
-    props = ["property float x", "property float y", "property float z"]
-    if colors is not None:
-        rgb = np.asarray(colors, dtype=np.uint8).reshape(-1, 3)
-        if rgb.shape[0] != pts.shape[0]:
-            raise ValueError(f"colors has {rgb.shape[0]} rows but points has {pts.shape[0]}.")
-        rec = np.empty(pts.shape[0], dtype=[("x", "<f4"), ("y", "<f4"), ("z", "<f4"),
-                                            ("red", "u1"), ("green", "u1"), ("blue", "u1")])
-        rec["red"], rec["green"], rec["blue"] = rgb[:, 0], rgb[:, 1], rgb[:, 2]
-        props += ["property uchar red", "property uchar green", "property uchar blue"]
-    else:
-        rec = np.empty(pts.shape[0], dtype=[("x", "<f4"), ("y", "<f4"), ("z", "<f4")])
-    rec["x"], rec["y"], rec["z"] = pts[:, 0], pts[:, 1], pts[:, 2]
-    head = "\n".join(["ply", "format binary_little_endian 1.0", f"element vertex {pts.shape[0]}", *props,
-                      "end_header"]) + "\n"
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "wb") as fh:
-        fh.write(head.encode("ascii"))
-        fh.write(rec.tobytes())
-    return path

@@ -29,11 +29,11 @@ import torch
 
 from .config import CloudConfig, Config
 from .geometry import centroid, oriented_box
-from .images import FrameError, check_frame
+from .images import check_frame
 from .lifting import boxes_from_occupancy, filter_cloud, label_image, lift_instances, mask_bboxes
 from .support_plane import SupportPlane, fit_support_plane, on_support_plane, support_without
 from .text import one_line
-from .types import FrameResult, InstanceResult, Intrinsics
+from .types import FrameError, FrameResult, InstanceResult, Intrinsics
 
 __all__ = ["SUMMARY_PATHS", "FrameError", "FrameSkipped", "MaskSummary", "Segmenter", "summarize_masks",
            "support_plane_check"]

@@ -38,7 +38,6 @@ import json
 import os
 import platform
 import sys
-import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -46,28 +45,22 @@ from typing import Any
 
 import numpy as np
 
+from .bench_frame import frame_messages, make_frame
+from .bench_node import node_bench
+from .bench_report import format_report
+from .bench_stats import OUTSIDE_NETWORK, STAGES, RssSampler, stats
+from .cli_config import build_config, parse_set
 from .machine import cpu_model_name
 
 __all__ = [
     "OUTSIDE_NETWORK",
     "STAGES",
     "BenchError",
-    "RssSampler",
     "add_arguments",
     "bench",
-    "build_config",
     "format_report",
-    "make_frame",
     "run",
-    "stats",
 ]
-
-#: Stages timed per run, in pipeline order.
-STAGES = ("decode", "preprocess", "inference", "postprocess", "lift", "support_plane", "cloud_filter", "geometry",
-          "message")
-#: Stages outside the network (the issue's "overhead"): everything but ``inference``.
-OUTSIDE_NETWORK = tuple(s for s in STAGES if s != "inference")
-FRAME_ID = "camera_color_optical_frame"
 
 
 class BenchError(ValueError):
@@ -75,54 +68,6 @@ class BenchError(ValueError):
 
 
 # ---------------------------------------------------------------------------------------- measuring
-def stats(samples: list[float] | np.ndarray) -> dict[str, float]:
-    """``{"median", "p99", "mean", "min", "max"}`` of a list of milliseconds (p99: linear interpolation)."""
-    a = np.asarray(samples, dtype=np.float64)
-    if a.size == 0:
-        return {"median": float("nan"), "p99": float("nan"), "mean": float("nan"), "min": float("nan"),
-                "max": float("nan")}
-    return {"median": float(np.median(a)), "p99": float(np.percentile(a, 99)), "mean": float(a.mean()),
-            "min": float(a.min()), "max": float(a.max())}
-
-
-def _rss_bytes() -> int:
-    try:
-        with open("/proc/self/statm", "rb") as f:
-            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-    except (OSError, ValueError, IndexError):  # not Linux: the process peak so far
-        import resource
-
-        return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * (1 if sys.platform == "darwin" else 1024)
-
-
-class RssSampler:
-    """Peak resident set size of this process while a ``with`` block runs (a thread samples it every
-    ``period`` s). ``peak`` and ``start`` are in bytes."""
-
-    def __init__(self, period: float = 0.005) -> None:
-        self.period = period
-        self.start = self.peak = 0
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-
-    def __enter__(self) -> RssSampler:
-        self.start = self.peak = _rss_bytes()
-        self._stop.clear()
-        self._thread = threading.Thread(target=self._loop, daemon=True)
-        self._thread.start()
-        return self
-
-    def _loop(self) -> None:
-        while not self._stop.wait(self.period):
-            self.peak = max(self.peak, _rss_bytes())
-
-    def __exit__(self, *exc: Any) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join()
-        self.peak = max(self.peak, _rss_bytes())
-
-
 def _cuda(device: Any) -> bool:
     return getattr(device, "type", str(device)).startswith("cuda")
 
@@ -181,83 +126,6 @@ def _time_runs(
     return out
 
 
-# ---------------------------------------------------------------------------------------- inputs
-def make_frame(width: int, height: int, instances: int, seed: int = 0):
-    """The fixed synthetic frame: a random pile of ``instances`` objects (at most 40; some may be hidden or fall
-    off) seen from a random viewpoint, rendered without noise, with ground truth (amodal masks included).
-    Returns a ``sim.scene.Frame``."""
-    from ..sim.scene import Scene, SceneConfig, d435_intrinsics
-
-    n = max(1, min(int(instances), 40))
-    cfg = SceneConfig(min_objects=n, max_objects=n, supports=("table",))
-    with Scene.random(seed, cfg) as scene:
-        cam = scene.random_camera(seed=0, intrinsics=d435_intrinsics(width, height))
-        return scene.render(cam, amodal=True)
-
-
-def frame_messages(frame: Any, stamp_ns: int = 1_700_000_000_000_000_000) -> tuple[Any, Any, Any, Any]:
-    """``(image rgb8, depth 16UC1 mm, camera_info, header)`` messages of a frame, as a driver publishes them."""
-    from ..core.images import encode_depth_16uc1
-    from ..ros.conversions import camera_info_msg, header, image_msg
-
-    hdr = header(FRAME_ID, stamp_ns)
-    return (image_msg(frame.color, "rgb8", hdr), image_msg(encode_depth_16uc1(frame.depth), "16UC1", hdr),
-            camera_info_msg(frame.intrinsics, hdr), hdr)
-
-
-def _parse_set(items: list[str]) -> dict[str, Any]:
-    import yaml
-
-    out: dict[str, Any] = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key.strip():
-            raise BenchError(f"--set expects KEY=VALUE (e.g. model.backbone=resnet50_fpn), got {item!r}.")
-        out[key.strip()] = yaml.safe_load(value)
-    return out
-
-
-def build_config(
-    params: str | Path | None = None,
-    overrides: dict[str, Any] | None = None,
-    *,
-    device: str | None = None,
-    instances: int | None = None,
-) -> tuple[Any, list[str]]:
-    """The benchmark's :class:`~instance_seg_ros.core.config.Config` and the notes about what was adjusted.
-
-    ``params`` (a config / ROS params YAML; default: the built-in defaults), then ``overrides`` (dotted keys),
-    ``device`` (``model.device``) and ``instances`` (``model.max_instances``). ``bundled`` weights fall back to
-    untrained ones of the configured backbone while no bundled model is shipped; untrained weights get score and
-    mask thresholds 0 and the support-plane check off unless overridden.
-    """
-    from ..core.config import Config
-    from ..core.model import BUNDLED_WEIGHTS
-
-    notes: list[str] = []
-    overrides = dict(overrides or {})
-    cfg = Config.from_yaml(params) if params is not None else Config()
-    if (cfg.model.weights.lower() == "bundled" and "model.weights" not in overrides
-            and not BUNDLED_WEIGHTS.is_file()):
-        overrides["model.weights"] = "none"
-        notes.append(f"no bundled model is shipped yet: untrained {cfg.model.backbone} weights "
-                     "(model.weights=none; the timings hold for the same architecture)")
-    if device is not None:
-        overrides["model.device"] = device
-    if instances is not None:
-        overrides["model.max_instances"] = int(instances)
-    flat = {**cfg.to_flat(), **overrides}
-    if str(flat["model.weights"]).lower() == "none":
-        for key in ("model.score_threshold", "model.mask_threshold"):
-            if key not in overrides and flat[key] != 0.0:
-                flat[key] = 0.0
-                notes.append(f"untrained weights: {key}=0 so every detection counts")
-        if "filter.support_plane" not in overrides and flat["filter.support_plane"] != "off":
-            flat["filter.support_plane"] = "off"
-            notes.append("untrained weights: filter.support_plane=off so every detection counts")
-    return Config.from_flat(flat), notes
-
-
 # ---------------------------------------------------------------------------------------- agreement
 def _agreement(ours: Any, ref: Any) -> dict[str, Any]:
     """Match each of our instances to the reference instance with the highest visible-mask IoU."""
@@ -287,145 +155,6 @@ def _agreement(ours: Any, ref: Any) -> dict[str, Any]:
         "min_amodal_iou": float(min(amodal_ious)) if amodal_ious else 1.0,
         "max_centroid_mm": float(max(dists)) if dists else 0.0,
     }
-
-
-# ---------------------------------------------------------------------------------------- node mode
-def _ros_params_args(cfg: Any, params: str | Path | None) -> list[str]:
-    args = ["--ros-args"]
-    if params is not None:
-        args += ["--params-file", str(params)]
-    for name, value in cfg.to_flat().items():
-        if isinstance(value, bool):
-            text = "true" if value else "false"
-        elif isinstance(value, float):
-            text = repr(float(value))
-        else:
-            text = str(value)
-        args += ["-p", f"{name}:={text}"]
-    return args
-
-
-def node_bench(
-    cfg: Any,
-    params: str | Path | None,
-    frame: Any,
-    *,
-    runs: int,
-    warmup: int,
-    timeout: float = 120.0,
-    frame_timeout: float = 10.0,
-    log: Callable[[str], None] = print,
-) -> dict[str, Any]:
-    """Latency from publishing the color image to receiving ``instances`` from ``instance_seg_node`` running in
-    another process with ``cfg`` (and reliable input QoS). A frame not answered within ``frame_timeout`` s counts
-    as lost; the measurement stops after 3 lost frames. Returns ``{"latency": stats, ...}`` or
-    ``{"skipped": reason}``."""
-    import importlib.util
-    import subprocess
-    import tempfile
-
-    if importlib.util.find_spec("instance_seg_ros.ros.node") is None:
-        return {"skipped": "instance_seg_ros.ros.node is not available in this installation"}
-    try:
-        import rclpy
-        from rclpy.executors import SingleThreadedExecutor
-        from rclpy.qos import QoSProfile, ReliabilityPolicy
-        from sensor_msgs.msg import CameraInfo, Image
-
-        from instance_seg_msgs.msg import InstanceArray
-
-        from ..ros.conversions import stamp_from_ns, stamp_to_ns
-    except ImportError as exc:
-        return {"skipped": f"ROS 2 Python packages are not importable ({exc}); source the ROS setup first"}
-
-    os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
-    ns = f"/isr_bench_{os.getpid()}"
-    # reliable input QoS: large best-effort samples need Fast DDS's LARGE_DATA transport, which a localhost-only
-    # discovery range disables; with a reliable publisher and subscriber every frame arrives either way
-    cmd = [sys.executable, "-m", "instance_seg_ros.ros.node", *_ros_params_args(cfg, params), "-r", f"__ns:={ns}",
-           "-p", "managed:=false", "-p", "qos.input_reliability:=reliable"]
-    image, depth, info, _ = frame_messages(frame)
-    log_file = tempfile.NamedTemporaryFile(prefix="isr_bench_node_", suffix=".log", delete=False)
-    proc = subprocess.Popen(cmd, stdout=log_file, stderr=subprocess.STDOUT, env=dict(os.environ))
-    ctx = rclpy.Context()
-    rclpy.init(context=ctx)
-    node = rclpy.create_node("isr_bench_client", namespace=ns, context=ctx)
-    executor = SingleThreadedExecutor(context=ctx)
-    executor.add_node(node)
-    received: dict[int, float] = {}
-    try:
-        rel = QoSProfile(depth=5, reliability=ReliabilityPolicy.RELIABLE)
-        pubs = {
-            "image": node.create_publisher(Image, "image", rel),
-            "depth": node.create_publisher(Image, "depth", rel),
-            "camera_info": node.create_publisher(CameraInfo, "camera_info", rel),
-        }
-        node.create_subscription(
-            InstanceArray, "instances", lambda m: received.setdefault(stamp_to_ns(m.header.stamp), time.perf_counter()),
-            rel)
-
-        def spin_until(cond: Callable[[], bool], limit: float) -> bool:
-            end = time.monotonic() + limit
-            while time.monotonic() < end:
-                if cond():
-                    return True
-                if proc.poll() is not None:
-                    return False
-                executor.spin_once(timeout_sec=0.01)
-            return cond()
-
-        t_start = time.monotonic()
-        ready = spin_until(lambda: all(p.get_subscription_count() > 0 for p in pubs.values())
-                           and node.count_publishers(f"{ns}/instances") > 0, timeout)
-        if not ready:
-            log_file.flush()
-            tail = Path(log_file.name).read_text(errors="replace")[-2000:]
-            return {"skipped": f"instance_seg_node did not come up within {timeout:.0f} s "
-                               f"(exit code {proc.poll()}); its log:\n{tail}"}
-        startup_s = time.monotonic() - t_start
-        latencies: list[float] = []
-        lost = 0
-        stamp = 1_800_000_000_000_000_000
-        n_total = warmup + runs
-        i = 0
-        while len(latencies) < runs and i < n_total + runs and lost < 3:  # lost frames are retried, within bounds
-            stamp += 33_000_000
-            hdr_stamp = stamp_from_ns(stamp)
-            for msg in (info, depth, image):
-                msg.header.stamp = hdr_stamp
-            pubs["camera_info"].publish(info)
-            pubs["depth"].publish(depth)
-            t0 = time.perf_counter()
-            pubs["image"].publish(image)
-            ok = spin_until(lambda s=stamp: s in received, frame_timeout)
-            if ok and i >= warmup:
-                latencies.append((received[stamp] - t0) * 1e3)
-            elif not ok:
-                lost += 1
-                if proc.poll() is not None:
-                    break
-            i += 1
-        if not latencies:
-            log_file.flush()
-            tail = Path(log_file.name).read_text(errors="replace")[-2000:]
-            return {"skipped": f"instance_seg_node answered none of {i} frames ({lost} lost); its log:\n{tail}"}
-        return {"latency": stats(latencies), "frames": len(latencies), "lost": lost, "startup_s": startup_s,
-                "command": " ".join(cmd)}
-    finally:
-        executor.shutdown()
-        node.destroy_node()
-        rclpy.shutdown(context=ctx)
-        if proc.poll() is None:
-            import signal
-
-            proc.send_signal(signal.SIGINT)
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-        log_file.close()
-        os.unlink(log_file.name)
 
 
 # ---------------------------------------------------------------------------------------- the benchmark
@@ -465,7 +194,7 @@ def bench(
     """Run the benchmark and return its report (the ``--json`` document).
 
     Args:
-        cfg: the pipeline's Config (see :func:`build_config`).
+        cfg: the pipeline's Config (see :func:`~instance_seg_ros.tools.cli_config.build_config`).
         width, height: frame size. instances: objects in the scene (the untrained net's detections follow
             ``model.max_instances``). runs, warmup: timed and untimed runs per pipeline. seed: scene seed.
         baseline: also time the naive baseline. check: compare the fast paths with the reference path.
@@ -474,118 +203,154 @@ def bench(
     Raises:
         BenchError: bad sizes or counts. WeightsError / ConfigError: the model cannot be loaded.
     """
-    import torch
-
-    from ..core.images import color_from_msg, depth_from_msg, intrinsics_from_camera_info
-    from ..core.pipeline import Segmenter
-
     if not (16 <= width <= 4096 and 16 <= height <= 4096):
         raise BenchError(f"--width/--height must be within 16..4096, got {width}x{height}.")
     if runs < 1 or warmup < 0:
         raise BenchError(f"--runs must be >= 1 and --warmup >= 0, got {runs} and {warmup}.")
     if instances < 1:
         raise BenchError(f"--instances must be >= 1, got {instances}.")
-    try:
-        from ..ros.conversions import instance_array_msg
-    except ImportError:  # no ROS: the message stage is skipped
-        instance_array_msg = None
-        log("ROS 2 messages are not importable: the message stage is not measured.")
-
-    t = time.perf_counter()
-    frame = make_frame(width, height, instances, seed)
-    image, depth_msg, info, hdr = frame_messages(frame)
-    log(f"frame: {width}x{height}, {len(frame.ground_truth)} visible objects (rendered in "
-        f"{time.perf_counter() - t:.1f} s)")
-
-    def decode():
-        return (color_from_msg(image), depth_from_msg(depth_msg, scale_16uc1=cfg.depth.scale_16uc1),
-                intrinsics_from_camera_info(info))
-
-    seg = Segmenter(cfg, log=lambda m: None)
-    torch.manual_seed(seed)  # untrained weights: the same model (and so the same detections) on every run
-    seg.load()
-    device = seg.predictor.device
-    report: dict[str, Any] = {
-        "config": cfg.to_flat(),
-        "frame": {"width": width, "height": height, "instances": instances, "seed": seed,
-                  "visible_objects": len(frame.ground_truth)},
-        "model": {"backbone": seg.meta.backbone, "weights": cfg.model.weights, "input_mode": seg.meta.input_mode,
-                  "network_input": list(seg.predictor.input_size(height, width))},
-        "device": str(device),
-        "precision": seg.predictor.precision,
-        "runs": runs,
-        "warmup": warmup,
-        "machine": _machine(),
-    }
-    log(f"ours: {seg.meta.backbone} on {device} ({seg.predictor.precision}, {torch.get_num_threads()} threads), "
-        f"{runs} runs after {warmup} warm-up")
-    ours = _time_runs(seg.process, decode, (lambda r: instance_array_msg(r, hdr)) if instance_array_msg else None,
-                      runs, warmup, device)
-    ours_result = ours.pop("_result")
+    b = _Bench(cfg, width, height, instances, runs, warmup, seed, log)
+    report = b.load()
+    ours, ours_result = b.time_ours()
     report["ours"] = ours
-    if instance_array_msg is not None:
-        # message building on realistic content: the scene's ground-truth instances (true masks, their clouds)
-        # rather than the untrained net's box-shaped masks
-        gt = frame.to_frame_result()
-        samples = []
-        for i in range(warmup + runs):
-            t0 = time.perf_counter()
-            instance_array_msg(gt, hdr)
-            if i >= warmup:
-                samples.append((time.perf_counter() - t0) * 1e3)
-        report["message_ground_truth"] = {"time": stats(samples), "instances": len(gt.instances),
-                                          "points": int(sum(i.num_points for i in gt.instances))}
-
+    if b.build_msg is not None:
+        report["message_ground_truth"] = b.message_ground_truth()
     if check:
-        ref = Segmenter(cfg, log=lambda m: None, reference=True)
-        ref.load()
-        ref.predictor.model.load_state_dict(seg.predictor.model.state_dict())
-        ref_result = ref.process(*decode())
-        report["agreement"] = _agreement(ours_result, ref_result)
-        ref.release()
-        del ref
+        report["agreement"] = _agreement(ours_result, b.reference_result())
+    report["baseline"], report["ratio"] = b.time_baseline(ours) if baseline else (None, None)
+    report["node"] = b.time_node(params, ours) if node else b.release()
+    if hasattr(os, "getloadavg"):
+        report["machine"]["load_average_end"] = [round(x, 2) for x in os.getloadavg()]
+    return report
 
-    if baseline:
+
+class _Bench:
+    """The steps of :func:`bench` on one frame, its driver messages and one loaded Segmenter."""
+
+    def __init__(self, cfg: Any, width: int, height: int, instances: int, runs: int, warmup: int, seed: int,
+                 log: Callable[[str], None]) -> None:
+        self.cfg, self.width, self.height, self.instances = cfg, width, height, instances
+        self.runs, self.warmup, self.seed, self.log = runs, warmup, seed, log
+        try:
+            from ..ros.conversions import instance_array_msg
+        except ImportError:  # no ROS: the message stage is skipped
+            instance_array_msg = None
+            log("ROS 2 messages are not importable: the message stage is not measured.")
+        self.instance_array_msg = instance_array_msg
+        t = time.perf_counter()
+        self.frame = make_frame(width, height, instances, seed)
+        self.image, self.depth_msg, self.info, self.hdr = frame_messages(self.frame)
+        log(f"frame: {width}x{height}, {len(self.frame.ground_truth)} visible objects (rendered in "
+            f"{time.perf_counter() - t:.1f} s)")
+        self.build_msg = (lambda r: instance_array_msg(r, self.hdr)) if instance_array_msg is not None else None
+        self.seg: Any = None
+
+    def decode(self) -> tuple[Any, Any, Any]:
+        """The node's first stage: the three messages to numpy."""
+        from ..core.images import color_from_msg, depth_from_msg, intrinsics_from_camera_info
+
+        return (color_from_msg(self.image), depth_from_msg(self.depth_msg, scale_16uc1=self.cfg.depth.scale_16uc1),
+                intrinsics_from_camera_info(self.info))
+
+    def load(self) -> dict[str, Any]:
+        """Load the Segmenter (seeded: untrained weights give the same model, and detections, on every run); the
+        report's head (config, frame, model, device, machine)."""
+        import torch
+
+        from ..core.pipeline import Segmenter
+
+        cfg, seg = self.cfg, Segmenter(self.cfg, log=lambda m: None)
+        torch.manual_seed(self.seed)
+        seg.load()
+        self.seg = seg
+        return {
+            "config": cfg.to_flat(),
+            "frame": {"width": self.width, "height": self.height, "instances": self.instances, "seed": self.seed,
+                      "visible_objects": len(self.frame.ground_truth)},
+            "model": {"backbone": seg.meta.backbone, "weights": cfg.model.weights,
+                      "input_mode": seg.meta.input_mode,
+                      "network_input": list(seg.predictor.input_size(self.height, self.width))},
+            "device": str(seg.predictor.device),
+            "precision": seg.predictor.precision,
+            "runs": self.runs,
+            "warmup": self.warmup,
+            "machine": _machine(),
+        }
+
+    def time_ours(self) -> tuple[dict[str, Any], Any]:
+        """Our pipeline's per-stage timings, and its last result."""
+        import torch
+
+        seg = self.seg
+        self.log(f"ours: {seg.meta.backbone} on {seg.predictor.device} ({seg.predictor.precision}, "
+                 f"{torch.get_num_threads()} threads), {self.runs} runs after {self.warmup} warm-up")
+        ours = _time_runs(seg.process, self.decode, self.build_msg, self.runs, self.warmup, seg.predictor.device)
+        return ours, ours.pop("_result")
+
+    def message_ground_truth(self) -> dict[str, Any]:
+        """Message building on realistic content: the scene's ground-truth instances (true masks, their clouds)
+        rather than the untrained net's box-shaped masks."""
+        gt = self.frame.to_frame_result()
+        samples = []
+        for i in range(self.warmup + self.runs):
+            t0 = time.perf_counter()
+            self.instance_array_msg(gt, self.hdr)
+            if i >= self.warmup:
+                samples.append((time.perf_counter() - t0) * 1e3)
+        return {"time": stats(samples), "instances": len(gt.instances),
+                "points": int(sum(i.num_points for i in gt.instances))}
+
+    def reference_result(self) -> Any:
+        """The frame through the plain code path (``Segmenter(reference=True)``) with the same weights."""
+        from ..core.pipeline import Segmenter
+
+        ref = Segmenter(self.cfg, log=lambda m: None, reference=True)
+        ref.load()
+        ref.predictor.model.load_state_dict(self.seg.predictor.model.state_dict())
+        result = ref.process(*self.decode())
+        ref.release()
+        return result
+
+    def time_baseline(self, ours: dict[str, Any]) -> tuple[dict[str, Any], dict[str, float | None]]:
+        """The naive baseline's timings (same network and weights), and the ratio ours / baseline."""
         from .baseline import NaiveBaseline, naive_instance_array_msg
 
-        base = NaiveBaseline(seg.predictor.model, seg.meta, cfg, device=device)
-        log(f"baseline: the same network at torchvision's {base.min_size}/{base.max_size} px transform, "
-            f"{runs} runs after {warmup} warm-up")
-        b = _time_runs(base.process, decode, (lambda r: naive_instance_array_msg(r, hdr)) if instance_array_msg
-                       else None, runs, warmup, device)
+        seg = self.seg
+        base = NaiveBaseline(seg.predictor.model, seg.meta, self.cfg, device=seg.predictor.device)
+        self.log(f"baseline: the same network at torchvision's {base.min_size}/{base.max_size} px transform, "
+                 f"{self.runs} runs after {self.warmup} warm-up")
+        build = (lambda r: naive_instance_array_msg(r, self.hdr)) if self.build_msg is not None else None
+        b = _time_runs(base.process, self.decode, build, self.runs, self.warmup, seg.predictor.device)
         b.pop("_result")
-        report["baseline"] = b
         ratio = {s: _ratio(ours["stages"][s]["median"], b["stages"][s]["median"]) for s in STAGES}
         ratio["end_to_end"] = _ratio(ours["end_to_end"]["median"], b["end_to_end"]["median"])
         ratio["outside_network"] = _ratio(ours["outside_network_ms"], b["outside_network_ms"])
-        report["ratio"] = ratio
-        del base
-    else:
-        report["baseline"] = None
-        report["ratio"] = None
+        return b, ratio
 
-    if node:
+    def time_node(self, params: str | Path | None, ours: dict[str, Any]) -> dict[str, Any]:
+        """:func:`~instance_seg_ros.tools.bench_node.node_bench` with these very weights (saved for the node when
+        untrained, not another random draw); the Segmenter is released first."""
         import tempfile
 
         from ..core.model import save_checkpoint
 
-        log("node: starting instance_seg_node in another process ...")
+        cfg, seg = self.cfg, self.seg
+        self.log("node: starting instance_seg_node in another process ...")
         with tempfile.TemporaryDirectory(prefix="isr_bench_") as tmp:
             node_cfg = cfg
-            if cfg.model.weights.lower() == "none":  # the node gets these very weights, not another random draw
+            if cfg.model.weights.lower() == "none":
                 path = save_checkpoint(Path(tmp) / "untrained.pt", seg.predictor.model, seg.meta)
                 node_cfg = cfg.replace(**{"model.weights": str(path)})
-            seg.release()
-            report["node"] = node_bench(node_cfg, params, frame, runs=runs, warmup=warmup, log=log)
-        lat = report["node"].get("latency")
+            self.release()
+            out = node_bench(node_cfg, params, self.frame, runs=self.runs, warmup=self.warmup, log=self.log)
+        lat = out.get("latency")
         if lat is not None:
-            report["node"]["overhead_vs_in_process_ms"] = lat["median"] - ours["end_to_end"]["median"]
-    else:
-        seg.release()
-        report["node"] = None
-    if hasattr(os, "getloadavg"):
-        report["machine"]["load_average_end"] = [round(x, 2) for x in os.getloadavg()]
-    return report
+            out["overhead_vs_in_process_ms"] = lat["median"] - ours["end_to_end"]["median"]
+        return out
+
+    def release(self) -> None:
+        """Free the Segmenter's model (and accelerator memory)."""
+        self.seg.release()
 
 
 def _ratio(a: float, b: float) -> float | None:
@@ -594,89 +359,10 @@ def _ratio(a: float, b: float) -> float | None:
     return float(a / b)
 
 
-# ---------------------------------------------------------------------------------------- output
-def _fmt(v: float | None, digits: int = 1) -> str:
-    if v is None or not np.isfinite(v):
-        return "-"
-    return f"{v:.{digits}f}"
-
-
-def format_report(report: dict[str, Any]) -> str:
-    """The human-readable table of a :func:`bench` report."""
-    o, b, r = report["ours"], report.get("baseline"), report.get("ratio")
-    m = report["machine"]
-    lines = [
-        f"isr bench: {report['model']['backbone']} ({report['model']['weights']} weights, network input "
-        f"{report['model']['network_input'][0]}/{report['model']['network_input'][1]} px) on {report['device']} "
-        f"{report['precision']}, {m['torch_threads']} torch threads, {m['cpu']}"
-        + (f", load average {m['load_average'][0]}" if "load_average" in m else ""),
-        f"frame {report['frame']['width']}x{report['frame']['height']}: {o['instances']} instances, "
-        f"{o['points']} points; {report['runs']} runs after {report['warmup']} warm-up; times in ms",
-    ]
-    loads = [x for k in ("load_average", "load_average_end") for x in m.get(k, [])[:1]]
-    if loads and m.get("cores") and max(loads) > m["cores"] - 0.5:
-        lines.append(f"warning: the machine was busy (load average up to {max(loads):.1f} on {m['cores']} cores): "
-                     "other processes took CPU time, so the timings are pessimistic and noisy")
-    lines += [
-        "",
-        f"{'stage':<14}{'median':>9}{'p99':>9}" + (f"{'baseline':>11}{'p99':>9}{'ours/base':>11}" if b else ""),
-    ]
-    for s in (*STAGES, "end_to_end"):
-        so = o["end_to_end"] if s == "end_to_end" else o["stages"][s]
-        row = f"{s:<14}{_fmt(so['median'], 2):>9}{_fmt(so['p99'], 2):>9}"
-        if b:
-            sb = b["end_to_end"] if s == "end_to_end" else b["stages"][s]
-            row += f"{_fmt(sb['median'], 2):>11}{_fmt(sb['p99'], 2):>9}{_fmt(r.get(s), 3):>11}"
-        lines.append(row)
-    lines.append("")
-    row = f"{'fps':<14}{_fmt(o['fps'], 2):>9}{'':>9}"
-    if b:
-        row += f"{_fmt(b['fps'], 2):>11}{'':>9}{_fmt(o['fps'] / b['fps'] if b['fps'] else None, 2):>10}x"
-    lines.append(row)
-    row = f"{'outside net':<14}{_fmt(o['outside_network_ms'], 2):>9}{_fmt(100 * o['outside_network_fraction']):>8}%"
-    if b:
-        row += f"{_fmt(b['outside_network_ms'], 2):>11}{_fmt(100 * b['outside_network_fraction']):>8}%"
-        row += f"{_fmt(r.get('outside_network'), 3):>11}"
-    lines.append(row)
-    row = f"{'peak RSS MB':<14}{_fmt(o['peak_rss_mb'], 0):>9}{'':>9}"
-    if b:
-        row += f"{_fmt(b['peak_rss_mb'], 0):>11}"
-    lines.append(row + "   (process; growth during runs: "
-                 f"ours {_fmt(o['rss_growth_mb'], 0)}" + (f", baseline {_fmt(b['rss_growth_mb'], 0)})" if b else ")"))
-    if o.get("cuda_peak_mb") is not None:
-        row = f"{'CUDA peak MB':<14}{_fmt(o['cuda_peak_mb'], 0):>9}{'':>9}"
-        if b:
-            row += f"{_fmt(b['cuda_peak_mb'], 0):>11}"
-        lines.append(row)
-    g = report.get("message_ground_truth")
-    if g:
-        lines.append(f"message of the scene's ground truth ({g['instances']} instances, {g['points']} points): "
-                     f"median {_fmt(g['time']['median'], 2)} ms, p99 {_fmt(g['time']['p99'], 2)} ms")
-    a = report.get("agreement")
-    if a:
-        lines.append(
-            f"fast vs reference path: {a['instances']} vs {a['reference_instances']} instances, "
-            f"{a['matched_iou_0.99']} matched at mask IoU >= 0.99, min IoU {a['min_mask_iou']:.4f} "
-            f"(amodal {a['min_amodal_iou']:.4f}), max centroid difference {a['max_centroid_mm']:.3f} mm"
-        )
-    n = report.get("node")
-    if n:
-        if "skipped" in n:
-            lines.append(f"node: skipped: {n['skipped']}")
-        else:
-            lat = n["latency"]
-            lines.append(
-                f"node (publish color -> receive instances, other process): median {_fmt(lat['median'], 2)} ms, "
-                f"p99 {_fmt(lat['p99'], 2)} ms over {n['frames']} frames ({n['lost']} lost); "
-                f"node minus in-process end to end: {_fmt(n.get('overhead_vs_in_process_ms'), 2)} ms"
-            )
-    return "\n".join(lines)
-
-
 # ---------------------------------------------------------------------------------------- CLI
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--params", help="config or ROS params YAML (e.g. config/cpu_fast.yaml); default: built-in "
-                                         "defaults with the bundled model (untrained weights when none is shipped)")
+                                         "defaults with the bundled model")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="override one parameter, e.g. --set model.backbone=resnet50_fpn (repeatable)")
     parser.add_argument("--width", type=int, default=640, help="frame width (640)")
@@ -699,7 +385,7 @@ def run(args: argparse.Namespace) -> int:
     json_only = args.json == "-"
     log = (lambda m: print(m, file=sys.stderr)) if json_only else print
     try:
-        overrides = _parse_set(args.set)
+        overrides = parse_set(args.set)
         cfg, notes = build_config(args.params, overrides, device=args.device, instances=args.instances)
         for note in notes:
             log(f"note: {note}")

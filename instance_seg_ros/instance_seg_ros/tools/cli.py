@@ -1,8 +1,8 @@
 """``isr``: the project's command line (synth, train, eval, bench, record, demo, ...).
 
 Each subcommand lives in its own module ``instance_seg_ros.tools.<name>`` exposing
-``add_arguments(parser)`` and ``run(args) -> int``; this dispatcher only wires them up, and imports
-a subcommand's module (and so torch, pybullet, ...) only when that subcommand runs.
+``add_arguments(parser)`` and ``run(args) -> int``; this dispatcher only wires them up (it imports every
+subcommand's module to add its arguments, and runs the chosen one).
 """
 
 from __future__ import annotations
@@ -25,40 +25,26 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
 
 
 def _load(name: str):
+    """The module of subcommand ``name`` (only modules of the fixed table above are ever imported)."""
     module, _ = SUBCOMMANDS[name]
-    try:
-        return importlib.import_module(module)
-    except ModuleNotFoundError as exc:
-        if exc.name == module:
-            return None
-        raise
+    return importlib.import_module(module)
 
 
-def get_parser() -> tuple[argparse.ArgumentParser, dict[str, object]]:
+def get_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="isr", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    available: dict[str, object] = {}
     for name, (_, help_text) in SUBCOMMANDS.items():
-        mod = _load(name)
-        p = sub.add_parser(name, help=help_text if mod else f"(not yet available) {help_text}", description=help_text)
-        if mod is None:
-            p.add_argument("rest", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
-            continue
-        mod.add_arguments(p)
-        available[name] = mod
-    return parser, available
+        _load(name).add_arguments(sub.add_parser(name, help=help_text, description=help_text))
+    return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser, available = get_parser()
+    parser = get_parser()
     args = parser.parse_args(argv)
     if args.command is None:
         parser.print_help()
         return 2
-    if args.command not in available:
-        print(f"isr {args.command}: not yet available in this version of instance_seg_ros.", file=sys.stderr)
-        return 3
-    return int(available[args.command].run(args) or 0)
+    return int(_load(args.command).run(args) or 0)
 
 
 if __name__ == "__main__":

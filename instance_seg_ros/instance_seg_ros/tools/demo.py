@@ -16,7 +16,9 @@ import os
 import subprocess
 import sys
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -42,16 +44,17 @@ def _percentile(values: list[float], q: float) -> float:
     return float(np.percentile(values, q)) if values else float("nan")
 
 
+@dataclass
+class _Received:
+    """What the demo's client got: ``(receive time, InstanceArray)`` per output frame, ground truth by stamp, the
+    latest debug image."""
+
+    results: list[tuple[float, Any]] = field(default_factory=list)
+    gts: dict[int, Any] = field(default_factory=dict)
+    overlay: list[Any] = field(default_factory=list)
+
+
 def run(args: argparse.Namespace) -> int:
-    import rclpy
-    from rclpy.qos import QoSProfile, ReliabilityPolicy
-    from sensor_msgs.msg import Image
-
-    from instance_seg_msgs.msg import InstanceArray
-
-    from ..core.matching import match_instances, write_ply
-    from ..ros.conversions import frame_result_from_msg, stamp_to_ns
-
     if args.frames < 1:
         print("isr demo: --frames must be at least 1.", file=sys.stderr)
         return 2
@@ -60,7 +63,19 @@ def run(args: argparse.Namespace) -> int:
     params = Path(args.params) if args.params else share_dir() / "config" / "default.yaml"
     log_dir = out / "logs"
     log_dir.mkdir(exist_ok=True)
+    got, failure = _collect(args, params, log_dir)
+    if failure:
+        print(f"isr demo: FAILED: {failure}.", file=sys.stderr)
+        tail = (log_dir / "instance_seg_node.log").read_text(errors="replace").strip().splitlines()[-8:]
+        if tail:
+            print("  last lines of instance_seg_node's log:\n    " + "\n    ".join(tail), file=sys.stderr)
+        if not got.results:
+            return 1
+    return _report(args, out, got)
 
+
+def _commands(args: argparse.Namespace, params: Path) -> tuple[list[str], list[str]]:
+    """The simulated camera's and the node's command lines."""
     cam_cmd = [
         sys.executable, "-m", "instance_seg_ros.sim.camera_node", "--ros-args", "-r", f"__ns:={NS}",
         "-p", f"width:={args.width}", "-p", f"height:={args.height}", "-p", f"rate:={args.rate}",
@@ -73,82 +88,87 @@ def run(args: argparse.Namespace) -> int:
                 "--params-file", str(params), "-p", "qos.input_reliability:=reliable"]
     if args.weights:
         node_cmd += ["-p", f"model.weights:={args.weights}"]
+    return cam_cmd, node_cmd
 
-    procs: list[subprocess.Popen] = []
 
-    def start(cmd: list[str], name: str) -> subprocess.Popen:
-        log = open(log_dir / f"{name}.log", "wb")
-        p = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-                             env={**os.environ, "PYTHONUNBUFFERED": "1"})
-        log.close()
-        procs.append(p)
-        return p
+def _start(cmd: list[str], log_path: Path) -> subprocess.Popen:
+    with open(log_path, "wb") as log:
+        return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                                env={**os.environ, "PYTHONUNBUFFERED": "1"})
 
+
+def _collect(args: argparse.Namespace, params: Path, log_dir: Path) -> tuple[_Received, str | None]:
+    """Start the node and the camera, subscribe to ``instances``, ``ground_truth`` and ``debug_image`` until
+    ``--frames`` outputs came; returns what came and the reason it stopped early (None: it did not)."""
+    import rclpy
+    from rclpy.qos import QoSProfile, ReliabilityPolicy
+    from sensor_msgs.msg import Image
+
+    from instance_seg_msgs.msg import InstanceArray
+
+    from ..core.msg_codec import stamp_ns
+
+    cam_cmd, node_cmd = _commands(args, params)
     rclpy.init()
     node = rclpy.create_node("isr_demo_client")
-    results: list[tuple[float, InstanceArray]] = []
-    gts: dict[int, InstanceArray] = {}
-    overlay: list[Image] = []
+    got = _Received()
     reliable = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
-    node.create_subscription(InstanceArray, f"{NS}/instances", lambda m: results.append((time.time(), m)), reliable)
-    node.create_subscription(InstanceArray, f"{NS}/ground_truth",
-                             lambda m: gts.__setitem__(stamp_to_ns(m.header.stamp), m),
+    node.create_subscription(InstanceArray, f"{NS}/instances", lambda m: got.results.append((time.time(), m)),
+                             reliable)
+    node.create_subscription(InstanceArray, f"{NS}/ground_truth", lambda m: got.gts.__setitem__(stamp_ns(m), m),
                              QoSProfile(depth=200, reliability=ReliabilityPolicy.RELIABLE))
-    node.create_subscription(Image, f"{NS}/debug_image", lambda m: overlay.__setitem__(slice(None), [m]), reliable)
-
+    node.create_subscription(Image, f"{NS}/debug_image", lambda m: got.overlay.__setitem__(slice(None), [m]),
+                             reliable)
     print(f"isr demo: starting instance_seg_node ({params.name}) and sim_camera_node "
           f"({args.width}x{args.height} @ {args.rate:g} Hz, seed {args.seed}); logs in {log_dir}/", flush=True)
-    seg = start(node_cmd, "instance_seg_node")
-    cam = start(cam_cmd, "sim_camera_node")
-    t_start = time.monotonic()
-    failure = None
+    procs = {"instance_seg_node": _start(node_cmd, log_dir / "instance_seg_node.log")}
+    procs["sim_camera_node"] = _start(cam_cmd, log_dir / "sim_camera_node.log")
     try:
-        while len(results) < args.frames:
-            rclpy.spin_once(node, timeout_sec=0.1)
-            if seg.poll() is not None:
-                failure = f"instance_seg_node exited with code {seg.returncode}"
-                break
-            if cam.poll() is not None:
-                failure = f"sim_camera_node exited with code {cam.returncode}"
-                break
-            if time.monotonic() - t_start > args.timeout:
-                failure = f"timed out after {args.timeout:g} s with {len(results)} of {args.frames} frames"
-                break
+        failure = _spin(node, procs, got, args.frames, args.timeout)
         end = time.monotonic() + 2.0  # the last frames' ground truth and overlay
-        while time.monotonic() < end and (not overlay or any(stamp_to_ns(m.header.stamp) not in gts
-                                                             for _, m in results[-3:])):
+        while time.monotonic() < end and (not got.overlay or any(stamp_ns(m) not in got.gts
+                                                                 for _, m in got.results[-3:])):
             rclpy.spin_once(node, timeout_sec=0.1)
     finally:
-        for p in procs:
+        for p in procs.values():
             stop_process(p)
         node.destroy_node()
         rclpy.try_shutdown()
-
-    if failure:
-        print(f"isr demo: FAILED: {failure}.", file=sys.stderr)
-        tail = (log_dir / "instance_seg_node.log").read_text(errors="replace").strip().splitlines()[-8:]
-        if tail:
-            print("  last lines of instance_seg_node's log:\n    " + "\n    ".join(tail), file=sys.stderr)
-        if not results:
-            return 1
-
-    return _report(args, out, results, gts, overlay, match_instances, write_ply, frame_result_from_msg, stamp_to_ns)
+    return got, failure
 
 
-def _report(args, out, results, gts, overlay, match_instances, write_ply, frame_result_from_msg, stamp_to_ns) -> int:
-    rows = []
-    lat_ms, n_found, n_gt, cent_err = [], 0, 0, []
+def _spin(node: Any, procs: dict[str, subprocess.Popen], got: _Received, frames: int, timeout: float) -> str | None:
+    """Spin until ``frames`` outputs came (None) or a process exits or ``timeout`` s pass (the reason)."""
+    import rclpy
+
+    t_start = time.monotonic()
+    while len(got.results) < frames:
+        rclpy.spin_once(node, timeout_sec=0.1)
+        for name, p in procs.items():
+            if p.poll() is not None:
+                return f"{name} exited with code {p.returncode}"
+        if time.monotonic() - t_start > timeout:
+            return f"timed out after {timeout:g} s with {len(got.results)} of {frames} frames"
+    return None
+
+
+def _table(got: _Received) -> tuple[list[str], list[int], list[float], dict[str, Any], Any]:
+    """The instances table (markdown lines), instances per frame, latencies (ms), the ground-truth figures and the
+    last frame's FrameResult."""
+    from ..core.matching import match_instances
+    from ..core.msg_codec import frame_result_from_instance_array, stamp_ns
+
+    counts, lat_ms, n_found, n_gt, cent_err = [], [], 0, 0, []
     lines = ["| frame | stamp (s) | # | score | occlusion | centroid x y z (m) | box size (m) | points |",
              "|---|---|---|---|---|---|---|---|"]
     last = None
-    for k, (t_recv, msg) in enumerate(results):
-        stamp = stamp_to_ns(msg.header.stamp)
+    for k, (t_recv, msg) in enumerate(got.results):
+        stamp = stamp_ns(msg)
         lat_ms.append((t_recv - stamp * 1e-9) * 1e3)
-        res = frame_result_from_msg(msg)
-        last = res
-        gt_msg = gts.get(stamp)
+        res = last = frame_result_from_instance_array(msg)
+        gt_msg = got.gts.get(stamp)
         if gt_msg is not None:
-            gt = frame_result_from_msg(gt_msg)
+            gt = frame_result_from_instance_array(gt_msg)
             m = match_instances(res, gt, iou_threshold=0.5)
             n_found += len(m)
             n_gt += len(gt.instances)
@@ -157,27 +177,49 @@ def _report(args, out, results, gts, overlay, match_instances, write_ply, frame_
             c, s = inst.centroid, inst.box_size
             lines.append(f"| {k} | {stamp * 1e-9:.3f} | {inst.index} | {inst.score:.2f} | {inst.occlusion:.2f} | "
                          f"{c[0]:+.3f} {c[1]:+.3f} {c[2]:.3f} | {s[0]:.3f} {s[1]:.3f} {s[2]:.3f} | {inst.num_points} |")
-        rows.append((k, stamp, len(res.instances)))
+        counts.append(len(res.instances))
+    truth = {"gt_objects": n_gt, "gt_found_iou50": n_found,
+             "centroid_error_mm_mean": float(np.mean(cent_err)) if cent_err else None}
+    return lines, counts, lat_ms, truth, last
+
+
+def _report(args: argparse.Namespace, out: Path, got: _Received) -> int:
+    """Print the summary; write instances.md, overlay.png, the last frame's PLY files and summary.json."""
+    lines, counts, lat_ms, truth, last = _table(got)
     (out / "instances.md").write_text("\n".join(lines) + "\n")
-
-    recv = [t for t, _ in results]
+    recv = [t for t, _ in got.results]
     fps = (len(recv) - 1) / (recv[-1] - recv[0]) if len(recv) > 1 and recv[-1] > recv[0] else float("nan")
-    total_inst = sum(r[2] for r in rows)
-
     # the table: every frame's instance count, then the last frame in full
-    print(f"\ninstances per frame ({len(rows)} frames): " + " ".join(str(r[2]) for r in rows))
+    print(f"\ninstances per frame ({len(counts)} frames): " + " ".join(str(n) for n in counts))
     print(f"\nlast frame ({len(last.instances)} instances):")
-    print("\n".join(lines[:2] + [ln for ln in lines[2:] if ln.startswith(f"| {len(results) - 1} |")]))
+    print("\n".join(lines[:2] + [ln for ln in lines[2:] if ln.startswith(f"| {len(got.results) - 1} |")]))
     print(f"\nframe rate: {fps:.2f} fps (instances received)   latency (stamp -> received): "
           f"p50 {_percentile(lat_ms, 50):.0f} ms, p90 {_percentile(lat_ms, 90):.0f} ms")
-    found_line = (f"ground truth: found {n_found} of {n_gt} simulated objects (visible-mask IoU >= 0.5), "
-                  f"mean centroid error {np.mean(cent_err) if cent_err else float('nan'):.1f} mm")
-    print(found_line)
+    cent = truth["centroid_error_mm_mean"]
+    print(f"ground truth: found {truth['gt_found_iou50']} of {truth['gt_objects']} simulated objects (visible-mask "
+          f"IoU >= 0.5), mean centroid error {cent if cent is not None else float('nan'):.1f} mm")
+    _write_files(out, got, last)
+    summary = {
+        "frames": len(counts), "instances_total": sum(counts), "fps": fps,
+        "latency_ms_p50": _percentile(lat_ms, 50), "latency_ms_p90": _percentile(lat_ms, 90), **truth,
+        "args": {k: v for k, v in vars(args).items() if k != "func"},
+    }
+    (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
+    print(f"\nwrote {out}/overlay.png, {len(list(out.glob('instance_*.ply')))} PLY files, instances.md, summary.json")
+    if sum(counts) == 0:
+        print("isr demo: no instances were found.", file=sys.stderr)
+        return 1
+    return 0
 
-    if overlay:
+
+def _write_files(out: Path, got: _Received, last: Any) -> None:
+    """overlay.png (the node's last debug image) and one PLY per instance of the last frame (old ones removed)."""
+    from ..core.ply import write_ply
+
+    if got.overlay:
         import cv2
 
-        img = overlay[-1]
+        img = got.overlay[-1]
         arr = np.frombuffer(img.data, np.uint8).reshape(img.height, img.step)[:, : img.width * 3]
         cv2.imwrite(str(out / "overlay.png"), arr.reshape(img.height, img.width, 3)[..., ::-1])
     for old in out.glob("instance_*.ply"):
@@ -185,16 +227,3 @@ def _report(args, out, results, gts, overlay, match_instances, write_ply, frame_
     for inst in last.instances:
         if inst.num_points:
             write_ply(out / f"instance_{inst.index:02d}.ply", inst.points, inst.colors)
-    summary = {
-        "frames": len(rows), "instances_total": total_inst, "fps": fps,
-        "latency_ms_p50": _percentile(lat_ms, 50), "latency_ms_p90": _percentile(lat_ms, 90),
-        "gt_objects": n_gt, "gt_found_iou50": n_found,
-        "centroid_error_mm_mean": float(np.mean(cent_err)) if cent_err else None,
-        "args": {k: v for k, v in vars(args).items() if k != "func"},
-    }
-    (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
-    print(f"\nwrote {out}/overlay.png, {len(list(out.glob('instance_*.ply')))} PLY files, instances.md, summary.json")
-    if total_inst == 0:
-        print("isr demo: no instances were found.", file=sys.stderr)
-        return 1
-    return 0

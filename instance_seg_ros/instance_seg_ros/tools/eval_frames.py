@@ -134,7 +134,7 @@ def evaluate_frames(
         ConfigError / WeightsError: the model cannot be built from ``config``.
     """
     from ..core.config import Config
-    from .evaluate import EvalError
+    from .eval_errors import EvalError
     from .frames import FramesError, find_frames
 
     log = log or (lambda _m: None)
@@ -209,7 +209,7 @@ class _FramesRun:
     def __init__(self, config: Any, seg: Any, baseline: str | None, iou_threshold: float, cloud_tolerance: float,
                  seed: int, log: Callable[[str], None], keep_sheet: int) -> None:
         from ..core.eval_metrics import ScoreError
-        from .evaluate import EvalError
+        from .eval_errors import EvalError
 
         self.config, self.seg, self.log, self.keep_sheet = config, seg, log, keep_sheet
         self.iou_threshold, self.seed, self.baseline = float(iou_threshold), int(seed), baseline
@@ -239,7 +239,7 @@ class _FramesRun:
         self.examples.setdefault(reason, detail)
 
     def _ground_truth(self, frame: Any) -> FrameResult | None:
-        from .evaluate import ground_truth_result
+        from .ground_truth import ground_truth_result
 
         if frame.visible is None:
             return None
@@ -294,7 +294,7 @@ class _FramesRun:
 
     def report(self, root: str | Path, refs: list[Any], wall_s: float) -> dict[str, Any]:
         """The ``metrics.json`` document."""
-        from .evaluate import _model_info
+        from .eval_report import model_info as _model_info
 
         model = _model_info(self.seg)
         if self.sheet:
@@ -329,9 +329,11 @@ def run_frames(args: Any) -> int:
 
     from ..core.config import ConfigError
     from ..core.model import WeightsError
-    from .bench import BenchError, _parse_set, build_config
+    from .bench import BenchError
+    from .cli_config import build_config
+    from .cli_config import parse_set as _parse_set
+    from .eval_errors import EvalError
     from .eval_frames_report import _f, write_frames_outputs
-    from .evaluate import EvalError
 
     log = (lambda _m: None) if args.quiet else (lambda m: print(f"isr eval: {m}", file=sys.stderr))
     if args.out is None:
@@ -378,7 +380,7 @@ def run_frames(args: Any) -> int:
 
 
 def _parse_intrinsics(text: str) -> Intrinsics:
-    from .evaluate import EvalError
+    from .eval_errors import EvalError
 
     try:
         fx, fy, cx, cy, w, h = (float(v) for v in text.split(","))

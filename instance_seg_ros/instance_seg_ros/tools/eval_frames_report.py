@@ -89,7 +89,7 @@ def headline_rows(report: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
 
 def format_frames_markdown(report: dict[str, Any]) -> str:
     """The ``report.md`` text of a frames report."""
-    from .eval_report import _table
+    from .eval_report import markdown_table as _table
 
     r = report
     fr = r["frames"]

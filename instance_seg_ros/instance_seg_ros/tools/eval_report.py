@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["PLOTS", "format_markdown", "to_json", "write_outputs"]
+__all__ = ["PLOTS", "format_markdown", "markdown_table", "model_info", "to_json", "write_outputs"]
 
 PLOTS = ("pr_visible.png", "pr_amodal.png", "latency_hist.png", "occlusion_error.png")
 
@@ -33,6 +33,16 @@ def to_json(o: Any) -> Any:
     if isinstance(o, float) and not math.isfinite(o):
         return None
     return o
+
+
+def model_info(seg: Any) -> dict[str, Any]:
+    """The report's ``model``: weights, backbone, input mode, classes, device, precision, torch threads."""
+    import torch
+
+    meta, pred = seg.meta, seg.predictor
+    return {"weights": seg.config.model.weights, "backbone": meta.backbone, "input_mode": meta.input_mode,
+            "classes": list(meta.classes), "device": str(pred.device), "precision": pred.precision,
+            "torch_threads": torch.get_num_threads(), "torch": torch.__version__}
 
 
 def write_outputs(report: dict[str, Any], out: str | Path) -> list[Path]:
@@ -60,7 +70,9 @@ def _f(v: Any, digits: int = 3, scale: float = 1.0) -> str:
     return f"{float(v) * scale:.{digits}f}"
 
 
-def _table(header: list[str], rows: list[list[Any]]) -> list[str]:
+def markdown_table(header: list[str], rows: list[list[Any]]) -> list[str]:
+    """A markdown table (``|`` in cells escaped, newlines flattened), then an empty line."""
+
     def esc(x: Any) -> str:
         return str(x).replace("|", "\\|").replace("\n", " ")
 
@@ -76,19 +88,27 @@ def format_markdown(report: dict[str, Any]) -> str:
     L += ["Command:", "", "```", r.get("command", "(called from Python)"), "```", ""]
     if r.get("invoked_as"):
         L += [f"Invoked as: `{r['invoked_as']}`", ""]
+    for section in (_md_input, _md_model, _md_frames, _md_accuracy, _md_latency, _md_definitions):
+        L += section(r)
+    return "\n".join(L)
 
+
+def _md_input(r: dict[str, Any]) -> list[str]:
     bag = r["bag"]
-    L += ["## Input", ""]
+    L = ["## Input", ""]
     rows = [["bag", f"{bag['path']} ({bag.get('storage') or 'unknown storage'})"], ["mode", r["mode"]]]
     rows += [[k.replace("_", " "), v] for k, v in r["inputs"].items()]
-    L += _table(["", ""], rows)
-    L += _table(["topic in the bag", "type", "messages"],
-                [[t, v["type"], v["messages"]] for t, v in bag["topics"].items()])
+    L += markdown_table(["", ""], rows)
+    L += markdown_table(["topic in the bag", "type", "messages"],
+                        [[t, v["type"], v["messages"]] for t, v in bag["topics"].items()])
+    return L
 
-    L += ["## Model and parameters", ""]
+
+def _md_model(r: dict[str, Any]) -> list[str]:
+    L = ["## Model and parameters", ""]
     if r.get("model"):
-        L += _table(["model", ""], [[k.replace("_", " "), ", ".join(map(str, v)) if isinstance(v, list) else v]
-                                    for k, v in r["model"].items()])
+        L += markdown_table(["model", ""], [[k.replace("_", " "), ", ".join(map(str, v)) if isinstance(v, list) else v]
+                                            for k, v in r["model"].items()])
     else:
         L += [f"Recorded predictions from `{r['inputs'].get('predictions')}`: the node's own parameters are not in "
               "the bag; the values below only set the stamp pairing (`sync.slop`) and, for JSON ground truth, the "
@@ -97,23 +117,29 @@ def format_markdown(report: dict[str, Any]) -> str:
         L += [f"- note: {n}"]
     if r.get("config_notes"):
         L += [""]
-    L += _table(["parameter", "value"], [[k, v] for k, v in r["config"].items()])
+    L += markdown_table(["parameter", "value"], [[k, v] for k, v in r["config"].items()])
+    return L
 
+
+def _md_frames(r: dict[str, Any]) -> list[str]:
     fr = r["frames"]
-    L += ["## Frames", ""]
-    L += _table(["", "count"], [["frames in the bag (" + ("color" if r["mode"] == "pipeline" else "prediction")
-                                 + " messages read)", fr["messages"]], ["evaluated", fr["evaluated"]],
-                                ["rejected", fr["rejected"]]])
+    L = ["## Frames", ""]
+    read = "frames in the bag (" + ("color" if r["mode"] == "pipeline" else "prediction") + " messages read)"
+    L += markdown_table(["", "count"], [[read, fr["messages"]], ["evaluated", fr["evaluated"]],
+                                        ["rejected", fr["rejected"]]])
     if fr["rejected_by_reason"]:
-        L += _table(["rejected because", "frames", "first example"],
-                    [[k, n, fr["rejected_examples"].get(k, "")] for k, n in fr["rejected_by_reason"].items()])
+        L += markdown_table(["rejected because", "frames", "first example"],
+                            [[k, n, fr["rejected_examples"].get(k, "")] for k, n in fr["rejected_by_reason"].items()])
     if fr.get("notes"):
-        L += _table(["other input notes", "count"], [[k, n] for k, n in fr["notes"].items()])
+        L += markdown_table(["other input notes", "count"], [[k, n] for k, n in fr["notes"].items()])
+    return L
 
+
+def _md_accuracy(r: dict[str, Any]) -> list[str]:
     c, m, o = r["coco"], r["matching"], r["occlusion"]
     ce, cp = r["centroid_error_mm"], r["cloud_precision"]
     iou = _f(m["iou_threshold"], 2)
-    L += ["## Accuracy", ""]
+    L = ["## Accuracy", ""]
     rows = [
         ["mask AP (visible)", _f(c["mask_ap"])], ["mask AP50 (visible)", _f(c["mask_ap50"])],
         ["mask AP75 (visible)", _f(c["mask_ap75"])],
@@ -135,32 +161,38 @@ def format_markdown(report: dict[str, Any]) -> str:
          "mean over instances / over all points",
          f"{_f(cp['mean'])} / {_f(cp['pointwise'])} ({cp['instances']} instances, {cp['points']} points)"],
     ]
-    L += _table(["metric", "value"], rows)
+    L += markdown_table(["metric", "value"], rows)
     L += ["Occlusion error per ground-truth occlusion level (matched instances):", ""]
-    L += _table(["occlusion", "instances", "MAE", "is_occluded accuracy"],
-                [[f"{b['low']:.1f}-{b['high']:.1f}", b["count"], _f(b["mae"]), _f(b["is_occluded_accuracy"])]
-                 for b in o["by_level"]])
+    L += markdown_table(["occlusion", "instances", "MAE", "is_occluded accuracy"],
+                        [[f"{b['low']:.1f}-{b['high']:.1f}", b["count"], _f(b["mae"]), _f(b["is_occluded_accuracy"])]
+                         for b in o["by_level"]])
+    return L
 
-    L += ["## Latency", "", r.get("latency_note", ""), ""]
-    L += _table(["stage (ms)", "p50", "p90", "p99", "mean", "max", "frames"],
-                [[s, *(_f(d[k], 2) for k in ("p50", "p90", "p99", "mean", "max")), d["count"]]
-                 for s, d in r["latency_ms"].items()])
+
+def _md_latency(r: dict[str, Any]) -> list[str]:
+    L = ["## Latency", "", r.get("latency_note", ""), ""]
+    L += markdown_table(["stage (ms)", "p50", "p90", "p99", "mean", "max", "frames"],
+                        [[s, *(_f(d[k], 2) for k in ("p50", "p90", "p99", "mean", "max")), d["count"]]
+                         for s, d in r["latency_ms"].items()])
     L += [f"Frames per second: {_f(r['fps'], 2)}. Wall time of the whole evaluation: {_f(r['wall_s'], 1)} s.", ""]
-
     L += ["## Plots", ""]
-    L += [f"![{p}]({p})" for p in PLOTS] + [""]
-    L += ["## Definitions", "",
-          "- AP, AP50, AP75, AR@100: pycocotools `COCOeval(iouType='segm')`, class-agnostic, on the visible masks "
-          "and, separately, on the amodal masks (ground-truth area = amodal area).",
-          "- Matching (recall, precision, occlusion, centroid, point-cloud figures): greedy one-to-one in descending "
-          f"score at visible-mask IoU >= {iou}.",
-          "- Occlusion MAE: mean |predicted - true occluded fraction|; is_occluded accuracy: share of matches whose "
-          "flag equals the ground truth's.",
-          "- 3D centroid error: |predicted - true centroid| (camera optical frame), for matches where both are known.",
-          "- Point-cloud precision: share of an instance's points within the tolerance of the nearest point of its "
-          "matched ground-truth object's cloud.",
-          ""]
-    return "\n".join(L)
+    return L + [f"![{p}]({p})" for p in PLOTS] + [""]
+
+
+def _md_definitions(r: dict[str, Any]) -> list[str]:
+    iou = _f(r["matching"]["iou_threshold"], 2)
+    return ["## Definitions", "",
+            "- AP, AP50, AP75, AR@100: pycocotools `COCOeval(iouType='segm')`, class-agnostic, on the visible masks "
+            "and, separately, on the amodal masks (ground-truth area = amodal area).",
+            "- Matching (recall, precision, occlusion, centroid, point-cloud figures): greedy one-to-one in descending "
+            f"score at visible-mask IoU >= {iou}.",
+            "- Occlusion MAE: mean |predicted - true occluded fraction|; is_occluded accuracy: share of matches whose "
+            "flag equals the ground truth's.",
+            "- 3D centroid error: |predicted - true centroid| (camera optical frame), for matches where both are "
+            "known.",
+            "- Point-cloud precision: share of an instance's points within the tolerance of the nearest point of its "
+            "matched ground-truth object's cloud.",
+            ""]
 
 
 # ---------------------------------------------------------------------------------------- plots

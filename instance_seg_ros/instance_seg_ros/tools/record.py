@@ -19,8 +19,11 @@ import argparse
 import math
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+
+from ..core.types import Intrinsics
 
 __all__ = ["COLOR_TOPIC", "COMPRESSED_TOPIC", "DEPTH_TOPIC", "GT_TOPIC", "INFO_TOPIC", "RecordError",
            "add_arguments", "record", "run"]
@@ -64,6 +67,51 @@ def record(
     Raises:
         RecordError: bad arguments, or ``out`` already exists.
     """
+    _check_arguments(frames, scenes, storage, depth_encoding, rate, bag_version, width, height)
+    out = Path(out)
+    if out.exists():
+        raise RecordError(f"{out} already exists; remove it or choose another --out.")
+
+    from rosbags.rosbag2 import StoragePlugin, Writer
+    from tqdm import tqdm
+
+    from ..sim.camera import d435_intrinsics
+    from ..sim.randomization import SceneConfig
+    from . import bagio
+
+    ts = bagio.typestore()
+    k = d435_intrinsics(width, height)
+    color_topic = COMPRESSED_TOPIC if compressed else COLOR_TOPIC
+    color_type = "sensor_msgs/msg/CompressedImage" if compressed else "sensor_msgs/msg/Image"
+    counts = {color_topic: 0, DEPTH_TOPIC: 0, INFO_TOPIC: 0, GT_TOPIC: 0}
+    t0 = time.perf_counter()
+    plugin = StoragePlugin.MCAP if storage == "mcap" else StoragePlugin.SQLITE3
+    writer = Writer(out, version=bag_version, storage_plugin=plugin)
+    writer.set_custom_data("isr.generator", "isr record")
+    writer.set_custom_data("isr.seed", str(seed))
+    bar = tqdm(total=frames, desc="isr record", unit="frame", disable=not progress, file=sys.stderr)
+    cfg = SceneConfig(min_objects=min_objects, max_objects=max_objects)
+    i = 0
+    with writer:
+        conns = {
+            color_topic: writer.add_connection(color_topic, color_type, typestore=ts),
+            DEPTH_TOPIC: writer.add_connection(DEPTH_TOPIC, "sensor_msgs/msg/Image", typestore=ts),
+            INFO_TOPIC: writer.add_connection(INFO_TOPIC, "sensor_msgs/msg/CameraInfo", typestore=ts),
+            GT_TOPIC: writer.add_connection(GT_TOPIC, bagio.INSTANCE_ARRAY, typestore=ts),
+        }
+        for frame in _render(frames, scenes, seed, cfg, k, noise):
+            stamp = int(round(start_time * 1e9)) + int(round(i * 1e9 / rate))
+            for topic, msg in _messages(frame, k, stamp, color_topic, depth_encoding):
+                writer.write(conns[topic], stamp, ts.serialize_cdr(msg, msg.__msgtype__))
+                counts[topic] += 1
+            i += 1
+            bar.update(1)
+    bar.close()
+    return {"path": str(out), "frames": i, "scenes": scenes, "topics": counts, "seconds": time.perf_counter() - t0}
+
+
+def _check_arguments(frames: int, scenes: int, storage: str, depth_encoding: str, rate: float, bag_version: int,
+                     width: int, height: int) -> None:
     if frames < 1:
         raise RecordError(f"--frames must be >= 1, got {frames}.")
     if not 1 <= scenes <= frames:
@@ -78,78 +126,53 @@ def record(
         raise RecordError(f"--bag-version must be 8 or 9, got {bag_version}.")
     if not (16 <= width <= 4096 and 16 <= height <= 4096):
         raise RecordError(f"--width/--height must be within 16..4096, got {width}x{height}.")
-    out = Path(out)
-    if out.exists():
-        raise RecordError(f"{out} already exists; remove it or choose another --out.")
 
+
+def _render(frames: int, scenes: int, seed: int, cfg: Any, k: Intrinsics, noise: bool) -> Iterator[Any]:
+    """The ``frames`` frames, spread over ``scenes`` random scenes (scene ``s`` from seed ``seed * 100003 + s``);
+    within a scene the camera (intrinsics ``k``) orbits the pile 1.5 degrees per frame, with a slight bob."""
     import numpy as np
-    from rosbags.rosbag2 import StoragePlugin, Writer
-    from tqdm import tqdm
 
+    from ..sim.camera import Camera
+    from ..sim.noise import SensorNoise
+    from ..sim.scene import Scene
+
+    sensor = SensorNoise() if noise else None
+    per_scene = math.ceil(frames / scenes)
+    for s in range(scenes):
+        n_here = min(per_scene, frames - s * per_scene)
+        if n_here <= 0:
+            break
+        sseed = int(seed) * 100003 + s
+        with Scene.random(sseed, cfg) as scene:
+            rng = np.random.default_rng([sseed, 11])
+            target = scene.objects_center()
+            dist = float(rng.uniform(*cfg.camera_distance))
+            elev = float(rng.uniform(*cfg.camera_elevation_deg))
+            azim = float(rng.uniform(0, 360))
+            for j in range(n_here):
+                cam = Camera.orbit(target, distance=dist + 0.02 * math.sin(0.3 * j),
+                                   elevation_deg=elev + 2.0 * math.sin(0.2 * j), azimuth_deg=azim + 1.5 * j,
+                                   intrinsics=k, near=cfg.near, far=cfg.far)
+                yield scene.render(cam, noise=sensor, seed=j)
+
+
+def _messages(frame: Any, k: Intrinsics, stamp: int, color_topic: str, depth_encoding: str) -> list[tuple[str, Any]]:
+    """``(topic, message)`` of one frame: color (Image rgb8 or CompressedImage jpeg), depth, camera_info, ground
+    truth."""
     from ..core.images import encode_depth_16uc1
-    from ..sim.scene import Camera, Scene, SceneConfig, SensorNoise, d435_intrinsics
     from . import bagio
 
-    ts = bagio.typestore()
-    k = d435_intrinsics(width, height)
-    cfg = SceneConfig(min_objects=min_objects, max_objects=max_objects)
-    sensor = SensorNoise() if noise else None
-    color_topic = COMPRESSED_TOPIC if compressed else COLOR_TOPIC
-    color_type = "sensor_msgs/msg/CompressedImage" if compressed else "sensor_msgs/msg/Image"
-    per_scene = math.ceil(frames / scenes)
-    counts = {color_topic: 0, DEPTH_TOPIC: 0, INFO_TOPIC: 0, GT_TOPIC: 0}
-    t0 = time.perf_counter()
-    plugin = StoragePlugin.MCAP if storage == "mcap" else StoragePlugin.SQLITE3
-    writer = Writer(out, version=bag_version, storage_plugin=plugin)
-    writer.set_custom_data("isr.generator", "isr record")
-    writer.set_custom_data("isr.seed", str(seed))
-    bar = tqdm(total=frames, desc="isr record", unit="frame", disable=not progress, file=sys.stderr)
-    with writer:
-        conns = {
-            color_topic: writer.add_connection(color_topic, color_type, typestore=ts),
-            DEPTH_TOPIC: writer.add_connection(DEPTH_TOPIC, "sensor_msgs/msg/Image", typestore=ts),
-            INFO_TOPIC: writer.add_connection(INFO_TOPIC, "sensor_msgs/msg/CameraInfo", typestore=ts),
-            GT_TOPIC: writer.add_connection(GT_TOPIC, bagio.INSTANCE_ARRAY, typestore=ts),
-        }
-
-        def write(topic: str, msg: Any, stamp: int) -> None:
-            writer.write(conns[topic], stamp, ts.serialize_cdr(msg, msg.__msgtype__))
-            counts[topic] += 1
-
-        i = 0
-        for s in range(scenes):
-            n_here = min(per_scene, frames - i)
-            if n_here <= 0:
-                break
-            sseed = int(seed) * 100003 + s
-            with Scene.random(sseed, cfg) as scene:
-                rng = np.random.default_rng([sseed, 11])
-                target = scene.objects_center()
-                dist = float(rng.uniform(*cfg.camera_distance))
-                elev = float(rng.uniform(*cfg.camera_elevation_deg))
-                azim = float(rng.uniform(0, 360))
-                for j in range(n_here):
-                    cam = Camera.orbit(target, distance=dist + 0.02 * math.sin(0.3 * j),
-                                       elevation_deg=elev + 2.0 * math.sin(0.2 * j), azimuth_deg=azim + 1.5 * j,
-                                       intrinsics=k, near=cfg.near, far=cfg.far)
-                    frame = scene.render(cam, noise=sensor, seed=j)
-                    stamp = int(round(start_time * 1e9)) + int(round(i * 1e9 / rate))
-                    if compressed:
-                        cmsg = bagio.compressed_image_msg(frame.color, "jpeg", stamp_ns=stamp)
-                    else:
-                        cmsg = bagio.image_msg(frame.color, "rgb8", stamp_ns=stamp)
-                    if depth_encoding == "16UC1":
-                        dmsg = bagio.image_msg(encode_depth_16uc1(frame.depth), "16UC1", stamp_ns=stamp)
-                    else:
-                        dmsg = bagio.image_msg(frame.depth, "32FC1", stamp_ns=stamp)
-                    write(color_topic, cmsg, stamp)
-                    write(DEPTH_TOPIC, dmsg, stamp)
-                    write(INFO_TOPIC, bagio.camera_info_msg(k, stamp_ns=stamp), stamp)
-                    write(GT_TOPIC, bagio.instance_array_msg(frame.to_frame_result(), stamp_ns=stamp), stamp)
-                    i += 1
-                    bar.update(1)
-    bar.close()
-    return {"path": str(out), "frames": i, "scenes": scenes, "topics": counts, "seconds": time.perf_counter() - t0}
+    if color_topic == COMPRESSED_TOPIC:
+        cmsg = bagio.compressed_image_msg(frame.color, "jpeg", stamp_ns=stamp)
+    else:
+        cmsg = bagio.image_msg(frame.color, "rgb8", stamp_ns=stamp)
+    if depth_encoding == "16UC1":
+        dmsg = bagio.image_msg(encode_depth_16uc1(frame.depth), "16UC1", stamp_ns=stamp)
+    else:
+        dmsg = bagio.image_msg(frame.depth, "32FC1", stamp_ns=stamp)
+    return [(color_topic, cmsg), (DEPTH_TOPIC, dmsg), (INFO_TOPIC, bagio.camera_info_msg(k, stamp_ns=stamp)),
+            (GT_TOPIC, bagio.instance_array_msg(frame.to_frame_result(), stamp_ns=stamp))]
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -31,6 +31,7 @@ from typing import Any
 
 import numpy as np
 
+from ..core.msg_codec import stamp_ns
 from .procs import share_dir, stop_process
 
 __all__ = ["ProcSample", "add_arguments", "proc_sample", "rss_verdict", "run"]
@@ -112,17 +113,12 @@ def _fmt(v: float | None, digits: int = 0) -> str:
     return "-" if v is None else f"{v:.{digits}f}"
 
 
+_HEADER = (f"{'min':>6} {'rss MB':>8} {'fds':>5} {'thr':>4} {'out Hz':>7} {'in Hz':>6} {'p50 ms':>7} {'p90 ms':>7} "
+           f"{'p99 ms':>7} {'max ms':>7} {'skipped':>8} {'rejected':>8} {'errors':>6}")
+
+
 def run(args: argparse.Namespace) -> int:
     import tempfile
-
-    import rclpy
-    from diagnostic_msgs.msg import DiagnosticArray
-    from rclpy.executors import SingleThreadedExecutor
-    from rclpy.qos import QoSProfile, ReliabilityPolicy
-
-    from instance_seg_msgs.msg import InstanceArray
-
-    from ..ros.conversions import stamp_to_ns
 
     duration = (args.seconds if args.seconds is not None else 60.0 * (args.minutes if args.minutes is not None
                                                                          else 30.0))
@@ -137,136 +133,23 @@ def run(args: argparse.Namespace) -> int:
     log_dir = Path(args.log_dir) if args.log_dir else Path(tempfile.mkdtemp(prefix="isr_soak_"))
     log_dir.mkdir(parents=True, exist_ok=True)
     ns = f"/isr_soak_{os.getpid()}"
-    node_cmd = [sys.executable, "-m", "instance_seg_ros.ros.node", "--ros-args", "-r", f"__ns:={ns}",
-                "--params-file", str(params), "-p", "qos.input_reliability:=reliable", "-p", "managed:=false"]
-    if args.weights:
-        node_cmd += ["-p", f"model.weights:={args.weights}"]
-    if args.threads is not None:
-        node_cmd += ["-p", f"model.threads:={args.threads}"]
-    for item in args.set:
-        node_cmd += ["-p", item]
-    # reliable camera (its default): under localhost-only discovery, large best-effort images are lost (README)
-    cam_cmd = [sys.executable, "-m", "instance_seg_ros.sim.camera_node", "--ros-args", "-r", f"__ns:={ns}",
-               "-p", f"width:={args.width}", "-p", f"height:={args.height}", "-p", f"rate:={args.rate}",
-               "-p", f"scene_change_every:={args.scene_change_every}", "-p", "wait_for_subscribers:=1"]
-    procs: dict[str, subprocess.Popen] = {}
-
-    def start(cmd: list[str], name: str) -> subprocess.Popen:
-        log = open(log_dir / f"{name}.log", "wb")
-        p = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-                             env={**os.environ, "PYTHONUNBUFFERED": "1"})
-        log.close()
-        procs[name] = p
-        return p
-
-    ctx = rclpy.Context()
-    rclpy.init(context=ctx)
-    client = rclpy.create_node("isr_soak_client", namespace=ns, context=ctx)
-    executor = SingleThreadedExecutor(context=ctx)
-    executor.add_node(client)
-    lat_ms: list[float] = []
-    n_out = [0]
-    diag: dict[str, str] = {}
-
-    def on_instances(msg: Any) -> None:
-        n_out[0] += 1
-        lat_ms.append((time.time_ns() - stamp_to_ns(msg.header.stamp)) / 1e6)
-
-    def on_diag(msg: Any) -> None:  # /diagnostics is global: keep our node's status (its input topic is ours)
-        for st in msg.status:
-            values = {kv.key: kv.value for kv in st.values}
-            if "instance segmentation" in st.name and values.get("input.image") == f"{ns}/image":
-                diag.clear()
-                diag.update(values)
-
-    rel = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
-    client.create_subscription(InstanceArray, "instances", on_instances, rel)
-    client.create_subscription(DiagnosticArray, "/diagnostics", on_diag, rel)
-
-    def dcount(key: str) -> int:
-        try:
-            return int(float(diag.get(key, 0)))
-        except ValueError:
-            return 0
-
+    node_cmd, cam_cmd = _commands(args, params, ns)
+    client = _Client(ns)
     rows: list[dict[str, Any]] = []
-    failure = ""
     print(f"isr soak: {duration / 60:.1f} min of {args.width}x{args.height} at {args.rate:g} Hz into instance_seg_node "
           f"({params.name}), a row every {args.interval:g} s; logs in {log_dir}/", flush=True)
-    node = start(node_cmd, "instance_seg_node")
-    cam = start(cam_cmd, "sim_camera_node")
-    t_launch = time.monotonic()
+    procs = {"instance_seg_node": _start(node_cmd, log_dir / "instance_seg_node.log")}
+    procs["sim_camera_node"] = _start(cam_cmd, log_dir / "sim_camera_node.log")
     try:
-        while n_out[0] == 0:
-            executor.spin_once(timeout_sec=0.1)
-            if node.poll() is not None or cam.poll() is not None:
-                failure = f"a process exited during start-up (node {node.poll()}, camera {cam.poll()})"
-                break
-            if time.monotonic() - t_launch > args.startup_timeout:
-                failure = f"no output within --startup-timeout {args.startup_timeout:g} s"
-                break
-        startup_s = time.monotonic() - t_launch
+        startup_s, failure = _wait_for_output(client, procs, args.startup_timeout)
         if not failure:
             print(f"first output after {startup_s:.1f} s", flush=True)
-            header = (f"{'min':>6} {'rss MB':>8} {'fds':>5} {'thr':>4} {'out Hz':>7} {'in Hz':>6} {'p50 ms':>7} "
-                      f"{'p90 ms':>7} {'p99 ms':>7} {'max ms':>7} {'skipped':>8} {'rejected':>8} {'errors':>6}")
-            print(header, flush=True)
-            t0 = time.monotonic()
-            k = 0
-            while not failure and time.monotonic() - t0 < duration - 1e-6:
-                k += 1
-                t_end = t0 + min(k * args.interval, duration)
-                lat_ms.clear()
-                n0, t_start = n_out[0], time.monotonic()
-                img0 = dcount("received.image")
-                while time.monotonic() < t_end:
-                    executor.spin_once(timeout_sec=0.05)
-                    if node.poll() is not None:
-                        failure = f"instance_seg_node exited with code {node.returncode}"
-                        break
-                    if cam.poll() is not None:
-                        failure = f"sim_camera_node exited with code {cam.returncode}"
-                        break
-                if failure:
-                    break
-                span = max(time.monotonic() - t_start, 1e-6)
-                sample = proc_sample(node.pid)
-                row = {
-                    "minute": round((time.monotonic() - t0) / 60.0, 2),
-                    "rss_mb": sample["rss_kb"] / 1024, "hwm_mb": sample.get("hwm_kb", 0) / 1024,
-                    "fds": sample["fds"], "threads": sample.get("threads", 0),
-                    "out_hz": (n_out[0] - n0) / span, "in_hz": (dcount("received.image") - img0) / span,
-                    "latency_ms": {"p50": _pct(lat_ms, 50), "p90": _pct(lat_ms, 90), "p99": _pct(lat_ms, 99),
-                                   "max": max(lat_ms) if lat_ms else None},
-                    "frames_published": dcount("frames_published"), "frames_skipped": dcount("frames_skipped"),
-                    "frames_rejected": dcount("frames_rejected"), "pipeline_errors": dcount("pipeline_errors"),
-                    "callback_errors": dcount("callback_errors"),
-                }
-                rows.append(row)
-                lat = row["latency_ms"]
-                print(f"{row['minute']:6.2f} {row['rss_mb']:8.1f} {row['fds']:5d} {row['threads']:4d} "
-                      f"{row['out_hz']:7.2f} {row['in_hz']:6.2f} {_fmt(lat['p50']):>7} {_fmt(lat['p90']):>7} "
-                      f"{_fmt(lat['p99']):>7} {_fmt(lat['max']):>7} {row['frames_skipped']:8d} "
-                      f"{row['frames_rejected']:8d} {row['pipeline_errors'] + row['callback_errors']:6d}", flush=True)
-                if n_out[0] == n0:
-                    failure = f"no output in the interval ending at minute {row['minute']:.2f}"
+            print(_HEADER, flush=True)
+            failure = _intervals(client, procs, duration, args.interval, rows)
     finally:
         codes = {name: stop_process(p, 15.0) for name, p in procs.items()}
-        executor.shutdown()
-        client.destroy_node()
-        rclpy.try_shutdown(context=ctx)
-
-    verdict: dict[str, Any] = {"ok": False}
-    if not failure and len(rows) >= 2:
-        ok, growth, baseline = rss_verdict([int(r["rss_mb"] * 1024) for r in rows], 1, args.max_rss_growth)
-        fds = [r["fds"] for r in rows[1:]]
-        verdict = {"ok": ok, "rss_baseline_mb": baseline / 1024, "rss_growth_pct": growth,
-                   "fds_min": min(fds), "fds_max": max(fds), "max_rss_growth_pct": args.max_rss_growth}
-        if not ok:
-            failure = (f"RSS grew {growth:.1f}% over its {baseline / 1024:.1f} MB baseline after the warm-up "
-                       f"(allowed {args.max_rss_growth:g}%)")
-    elif not failure:
-        failure = "fewer than two intervals completed"
+        client.close()
+    verdict, failure = _verdict(rows, failure, args.max_rss_growth)
     all_lat = [r["latency_ms"]["p50"] for r in rows[1:] if r["latency_ms"]["p50"] is not None]
     report = {
         "args": {k: v for k, v in vars(args).items() if k != "func"}, "node_command": node_cmd,
@@ -286,3 +169,169 @@ def run(args: argparse.Namespace) -> int:
           f"{verdict['rss_growth_pct']:+.1f}% later (allowed {args.max_rss_growth:g}%); open fds "
           f"{verdict['fds_min']}..{verdict['fds_max']}.", flush=True)
     return 0
+
+
+def _commands(args: argparse.Namespace, params: Path, ns: str) -> tuple[list[str], list[str]]:
+    """The node's and the simulated camera's command lines."""
+    node_cmd = [sys.executable, "-m", "instance_seg_ros.ros.node", "--ros-args", "-r", f"__ns:={ns}",
+                "--params-file", str(params), "-p", "qos.input_reliability:=reliable", "-p", "managed:=false"]
+    if args.weights:
+        node_cmd += ["-p", f"model.weights:={args.weights}"]
+    if args.threads is not None:
+        node_cmd += ["-p", f"model.threads:={args.threads}"]
+    for item in args.set:
+        node_cmd += ["-p", item]
+    # reliable camera (its default): under localhost-only discovery, large best-effort images are lost (README)
+    cam_cmd = [sys.executable, "-m", "instance_seg_ros.sim.camera_node", "--ros-args", "-r", f"__ns:={ns}",
+               "-p", f"width:={args.width}", "-p", f"height:={args.height}", "-p", f"rate:={args.rate}",
+               "-p", f"scene_change_every:={args.scene_change_every}", "-p", "wait_for_subscribers:=1"]
+    return node_cmd, cam_cmd
+
+
+def _start(cmd: list[str], log_path: Path) -> subprocess.Popen:
+    with open(log_path, "wb") as log:
+        return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                                env={**os.environ, "PYTHONUNBUFFERED": "1"})
+
+
+class _Client:
+    """This process's side, on a private rclpy context in namespace ``ns``: the latency of every ``instances``
+    message (``lat_ms``, cleared per interval), their count (``n_out``) and the node's latest ``/diagnostics``."""
+
+    def __init__(self, ns: str) -> None:
+        import rclpy
+        from diagnostic_msgs.msg import DiagnosticArray
+        from rclpy.executors import SingleThreadedExecutor
+        from rclpy.qos import QoSProfile, ReliabilityPolicy
+
+        from instance_seg_msgs.msg import InstanceArray
+
+        self.ns = ns
+        self.ctx = rclpy.Context()
+        rclpy.init(context=self.ctx)
+        self.node = rclpy.create_node("isr_soak_client", namespace=ns, context=self.ctx)
+        self.executor = SingleThreadedExecutor(context=self.ctx)
+        self.executor.add_node(self.node)
+        self.lat_ms: list[float] = []
+        self.n_out = 0
+        self.diag: dict[str, str] = {}
+        rel = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
+        self.node.create_subscription(InstanceArray, "instances", self._on_instances, rel)
+        self.node.create_subscription(DiagnosticArray, "/diagnostics", self._on_diag, rel)
+
+    def _on_instances(self, msg: Any) -> None:
+        self.n_out += 1
+        self.lat_ms.append((time.time_ns() - stamp_ns(msg)) / 1e6)
+
+    def _on_diag(self, msg: Any) -> None:  # /diagnostics is global: keep our node's status (its input topic is ours)
+        for st in msg.status:
+            values = {kv.key: kv.value for kv in st.values}
+            if "instance segmentation" in st.name and values.get("input.image") == f"{self.ns}/image":
+                self.diag.clear()
+                self.diag.update(values)
+
+    def count(self, key: str) -> int:
+        """A counter of the node's diagnostics (0 when absent or not a number)."""
+        try:
+            return int(float(self.diag.get(key, 0)))
+        except ValueError:
+            return 0
+
+    def spin_once(self, timeout: float) -> None:
+        self.executor.spin_once(timeout_sec=timeout)
+
+    def close(self) -> None:
+        import rclpy
+
+        self.executor.shutdown()
+        self.node.destroy_node()
+        rclpy.try_shutdown(context=self.ctx)
+
+
+def _exited(procs: dict[str, subprocess.Popen]) -> str:
+    """The failure of the first process that exited ("" while both run)."""
+    for name, p in procs.items():
+        if p.poll() is not None:
+            return f"{name} exited with code {p.returncode}"
+    return ""
+
+
+def _wait_for_output(client: _Client, procs: dict[str, subprocess.Popen], timeout: float) -> tuple[float, str]:
+    """Spin until the node's first output; ``(seconds since launch, failure or "")``."""
+    t_launch = time.monotonic()
+    failure = ""
+    node, cam = procs["instance_seg_node"], procs["sim_camera_node"]
+    while client.n_out == 0:
+        client.spin_once(0.1)
+        if node.poll() is not None or cam.poll() is not None:
+            failure = f"a process exited during start-up (node {node.poll()}, camera {cam.poll()})"
+            break
+        if time.monotonic() - t_launch > timeout:
+            failure = f"no output within --startup-timeout {timeout:g} s"
+            break
+    return time.monotonic() - t_launch, failure
+
+
+def _intervals(client: _Client, procs: dict[str, subprocess.Popen], duration: float, interval: float,
+               rows: list[dict[str, Any]]) -> str:
+    """Report rows every ``interval`` s for ``duration`` s (appended to ``rows`` and printed); the failure or ""."""
+    t0 = time.monotonic()
+    k = 0
+    while time.monotonic() - t0 < duration - 1e-6:
+        k += 1
+        t_end = t0 + min(k * interval, duration)
+        client.lat_ms.clear()
+        n0, t_start, img0 = client.n_out, time.monotonic(), client.count("received.image")
+        while time.monotonic() < t_end:
+            client.spin_once(0.05)
+            failure = _exited(procs)
+            if failure:
+                return failure
+        row = _row(client, procs["instance_seg_node"].pid, t0, time.monotonic() - t_start, n0, img0)
+        rows.append(row)
+        _print_row(row)
+        if client.n_out == n0:
+            return f"no output in the interval ending at minute {row['minute']:.2f}"
+    return ""
+
+
+def _row(client: _Client, pid: int, t0: float, span: float, n0: int, img0: int) -> dict[str, Any]:
+    """One report row: the node process's memory, fds and threads, rates, latency and diagnostics counters."""
+    span = max(span, 1e-6)
+    sample = proc_sample(pid)
+    lat = client.lat_ms
+    return {
+        "minute": round((time.monotonic() - t0) / 60.0, 2),
+        "rss_mb": sample["rss_kb"] / 1024, "hwm_mb": sample.get("hwm_kb", 0) / 1024,
+        "fds": sample["fds"], "threads": sample.get("threads", 0),
+        "out_hz": (client.n_out - n0) / span, "in_hz": (client.count("received.image") - img0) / span,
+        "latency_ms": {"p50": _pct(lat, 50), "p90": _pct(lat, 90), "p99": _pct(lat, 99),
+                       "max": max(lat) if lat else None},
+        "frames_published": client.count("frames_published"), "frames_skipped": client.count("frames_skipped"),
+        "frames_rejected": client.count("frames_rejected"), "pipeline_errors": client.count("pipeline_errors"),
+        "callback_errors": client.count("callback_errors"),
+    }
+
+
+def _print_row(row: dict[str, Any]) -> None:
+    lat = row["latency_ms"]
+    print(f"{row['minute']:6.2f} {row['rss_mb']:8.1f} {row['fds']:5d} {row['threads']:4d} "
+          f"{row['out_hz']:7.2f} {row['in_hz']:6.2f} {_fmt(lat['p50']):>7} {_fmt(lat['p90']):>7} "
+          f"{_fmt(lat['p99']):>7} {_fmt(lat['max']):>7} {row['frames_skipped']:8d} "
+          f"{row['frames_rejected']:8d} {row['pipeline_errors'] + row['callback_errors']:6d}", flush=True)
+
+
+def _verdict(rows: list[dict[str, Any]], failure: str, max_growth: float) -> tuple[dict[str, Any], str]:
+    """The memory verdict over the rows (the first is the warm-up), and the run's failure ("" when it passed)."""
+    verdict: dict[str, Any] = {"ok": False}
+    if not failure and len(rows) >= 2:
+        ok, growth, baseline = rss_verdict([int(r["rss_mb"] * 1024) for r in rows], 1, max_growth)
+        fds = [r["fds"] for r in rows[1:]]
+        verdict = {"ok": ok, "rss_baseline_mb": baseline / 1024, "rss_growth_pct": growth,
+                   "fds_min": min(fds), "fds_max": max(fds), "max_rss_growth_pct": max_growth}
+        if not ok:
+            failure = (f"RSS grew {growth:.1f}% over its {baseline / 1024:.1f} MB baseline after the warm-up "
+                       f"(allowed {max_growth:g}%)")
+    elif not failure:
+        failure = "fewer than two intervals completed"
+    return verdict, failure

@@ -27,8 +27,8 @@ from torchvision.models.detection.roi_heads import expand_boxes, expand_masks
 from torchvision.models.detection.transform import resize_boxes
 
 from .amodal_maskrcnn import AmodalMaskRCNN
-from .inputs import check_frame, frame_to_input
-from .weights import ModelMeta, load_model
+from .inputs import check_model_input, frame_to_input
+from .weights import ModelMeta
 
 __all__ = [
     "PASTE_MODES",
@@ -309,33 +309,6 @@ class Predictor:
             self.model.to(memory_format=torch.channels_last)
         self._on_device = True
 
-    # ----------------------------------------------------------------- construction helpers
-    @classmethod
-    def from_config(cls, cfg: Any, *, log: Callable[[str], Any] | None = None) -> Predictor:
-        """Load ``cfg.weights`` and build a predictor from a :class:`~..config.ModelConfig` (or a ``Config``)."""
-        mc = getattr(cfg, "model", cfg)
-        device = resolve_device(mc.device)
-        model, meta = load_model(
-            mc.weights, backbone=mc.backbone, input_mode=mc.input_mode, device=device, log=log
-        )
-        pred = cls(
-            model,
-            meta,
-            device=device,
-            precision=mc.precision,
-            score_threshold=mc.score_threshold,
-            mask_threshold=mc.mask_threshold,
-            nms_threshold=mc.nms_threshold,
-            max_instances=mc.max_instances,
-            min_size=mc.min_size,
-            max_size=mc.max_size,
-            threads=mc.threads,
-            log=log,
-        )
-        if mc.warmup:
-            pred.warmup()
-        return pred
-
     def _log(self, msg: str) -> None:
         if self._log_fn is not None:
             self._log_fn(msg)
@@ -404,7 +377,7 @@ class Predictor:
         Raises:
             InputError: a malformed frame (what to pass instead).
         """
-        check_frame(color, depth, self.model.input_mode)
+        check_model_input(color, depth, self.model.input_mode)
         self._ensure_on_device()
         model = self.model
         h, w = int(color.shape[0]), int(color.shape[1])
