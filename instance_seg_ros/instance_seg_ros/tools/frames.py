@@ -1,5 +1,8 @@
 """Folders of real RGB-D frames with ground-truth instance masks, for ``isr eval --frames DIR``.
 
+(Over 500 lines on purpose: the three layouts share one set of file checks and error messages, and each layout's
+conventions are documented next to its reader.)
+
 :func:`find_frames` walks ``DIR`` recursively and recognises three layouts, each sub-tree on its own, so one
 root may hold several (``layout="auto"``); :func:`load_frame` reads one :class:`FrameRef` into a :class:`Frame`:
 color ``[H, W, 3] uint8`` RGB, depth ``[H, W] float32`` metres (NaN where the sensor had no reading), the
