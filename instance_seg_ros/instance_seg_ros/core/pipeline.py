@@ -36,7 +36,7 @@ from .text import one_line
 from .types import FrameError, FrameResult, InstanceResult, Intrinsics
 
 __all__ = ["SUMMARY_PATHS", "FrameError", "FrameSkipped", "MaskSummary", "Segmenter", "summarize_masks",
-           "support_plane_check"]
+           "renumber_instances", "support_plane_check"]
 
 _log = logging.getLogger(__name__)
 
@@ -455,7 +455,7 @@ class Segmenter:
             t_geom += time.perf_counter() - t1
             instances.append(inst)
         if dropped:
-            label_np = _renumber(instances, label_np)
+            label_np = renumber_instances(instances, label_np)
         timings["cloud_filter"] = t_filter * 1e3
         timings["geometry"] = t_geom * 1e3
         timings["total"] = sum(v for k, v in timings.items() if k != "total")
@@ -489,7 +489,7 @@ def support_plane_check(config: Config, depth: np.ndarray, K: Intrinsics, points
     return plane, flagged
 
 
-def _renumber(instances: list[InstanceResult], label_image: np.ndarray) -> np.ndarray:
+def renumber_instances(instances: list[InstanceResult], label_image: np.ndarray) -> np.ndarray:
     """Give the kept ``instances`` indices 1..N in order and map ``label_image`` to them (dropped ones become 0)."""
     lut = np.zeros(int(label_image.max(initial=0)) + 1, np.uint16)
     for new, inst in enumerate(instances, start=1):

@@ -138,8 +138,10 @@ def _check_fit_args(
     return d
 
 
-def _subsampled_points(d: np.ndarray, K: Intrinsics, stride: int, dmin: float, dmax: float) -> np.ndarray:
-    """[M, 3] float32 points of the valid pixels on the ``stride`` grid (rows and columns 0, stride, ...)."""
+def _subsampled_points(d: np.ndarray, K: Intrinsics, stride: int, dmin: float, dmax: float
+                       ) -> tuple[np.ndarray, np.ndarray]:
+    """``([M, 3] float32 points, bool [h, w] valid)`` of the valid pixels on the ``stride`` grid (rows and columns
+    0, stride, ...); the points are the grid's valid pixels in row-major order."""
     sub = d[::stride, ::stride].astype(np.float32, copy=False)
     with np.errstate(invalid="ignore"):
         valid = np.isfinite(sub) & (sub > 0) & (sub >= dmin) & (sub <= dmax)
@@ -149,7 +151,7 @@ def _subsampled_points(d: np.ndarray, K: Intrinsics, stride: int, dmin: float, d
     pts[:, 0] = (c.astype(np.float32) * stride - np.float32(K.cx)) * (z / np.float32(K.fx))
     pts[:, 1] = (r.astype(np.float32) * stride - np.float32(K.cy)) * (z / np.float32(K.fy))
     pts[:, 2] = z
-    return pts
+    return pts, valid
 
 
 def support_without(depth: np.ndarray, K: Intrinsics, plane: SupportPlane, label_image: np.ndarray, count: int, *,
@@ -170,10 +172,7 @@ def support_without(depth: np.ndarray, K: Intrinsics, plane: SupportPlane, label
     lab = np.asarray(label_image)
     if lab.shape != d.shape:
         raise SupportPlaneError(f"label_image is {lab.shape[1]}x{lab.shape[0]} but depth is {d.shape[1]}x{d.shape[0]}.")
-    sub = d[::stride, ::stride].astype(np.float32, copy=False)
-    with np.errstate(invalid="ignore"):
-        valid = np.isfinite(sub) & (sub > 0) & (sub >= depth_min) & (sub <= depth_max)
-    pts = _subsampled_points(d, K, stride, depth_min, depth_max)  # the same pixels as `valid`, row-major
+    pts, valid = _subsampled_points(d, K, stride, depth_min, depth_max)
     if pts.shape[0] == 0:
         return np.zeros(int(count))
     inl = np.abs(plane.height(pts)) <= plane_tolerance(pts[:, 2], tolerance)
@@ -232,7 +231,7 @@ def fit_support_plane(
             min_support outside (0, 1], iterations < 1, bad depth range).
     """
     d = _check_fit_args(depth, K, tolerance, min_support, stride, iterations, depth_min, depth_max)
-    p = _subsampled_points(d, K, int(stride), depth_min, depth_max)
+    p, _ = _subsampled_points(d, K, int(stride), depth_min, depth_max)
     m = p.shape[0]
     if m < MIN_VALID_POINTS:
         return None

@@ -39,7 +39,7 @@ import torch
 
 from ..core.config import Config
 from ..core.model import AmodalMaskRCNN, ModelMeta, frame_to_input
-from ..core.pipeline import attach_geometry, filter_for_config, support_plane_check
+from ..core.pipeline import attach_geometry, filter_for_config, renumber_instances, support_plane_check
 from ..core.types import FrameResult, InstanceResult, Intrinsics
 
 __all__ = ["TORCHVISION_MAX_SIZE", "TORCHVISION_MIN_SIZE", "NaiveBaseline", "naive_instance_array_msg"]
@@ -159,7 +159,6 @@ class NaiveBaseline:
         instances = []
         for j, (pts, cols, coverage) in enumerate(clouds):
             if on_plane[j]:
-                label[label == j + 1] = 0
                 continue
             t0 = time.perf_counter()
             pts, cols = filter_for_config(cfg.cloud, pts, cols)
@@ -167,7 +166,7 @@ class NaiveBaseline:
             t_filter += t1 - t0
             lab = int(labels[kept[j]])
             inst = InstanceResult(
-                index=len(instances) + 1, class_id=lab, class_name=classes[lab] if lab < len(classes) else str(lab),
+                index=j + 1, class_id=lab, class_name=classes[lab] if lab < len(classes) else str(lab),
                 score=float(scores[kept[j]]), bbox=boxes[j], mask=crops[j], amodal_bbox=aboxes[j],
                 amodal_mask=acrops[j], occlusion=float(occ[j]), is_occluded=bool(occ[j] > cfg.occlusion.threshold),
                 points=pts, colors=cols, depth_coverage=coverage,
@@ -175,10 +174,8 @@ class NaiveBaseline:
             attach_geometry(inst, cfg.cloud.min_points)
             t_geom += time.perf_counter() - t1
             instances.append(inst)
-        if on_plane.any():  # the kept instances' new indices in the label image
-            lut = np.zeros(len(clouds) + 1, np.uint16)
-            lut[1:][~on_plane] = np.arange(1, len(instances) + 1)
-            label = lut[label]
+        if on_plane.any():  # the kept instances renumbered 1..N, in the label image too
+            label = renumber_instances(instances, label)
         timings["cloud_filter"] = t_filter * 1e3
         timings["geometry"] = t_geom * 1e3
         timings["total"] = sum(timings.values())

@@ -7,7 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-__all__ = ["build_config", "parse_set"]
+__all__ = ["build_config", "parse_set", "seeded_segmenter"]
 
 
 def parse_set(items: list[str]) -> dict[str, Any]:
@@ -65,3 +65,16 @@ def build_config(
             flat["filter.support_plane"] = "off"
             notes.append("untrained weights: filter.support_plane=off so every detection counts")
     return Config.from_flat(flat), notes
+
+
+def seeded_segmenter(config: Any, seed: int, log: Any = None) -> Any:
+    """A loaded :class:`~instance_seg_ros.core.pipeline.Segmenter` built after ``torch.manual_seed(seed)``, so
+    untrained weights give the same model (and detections) on every run."""
+    import torch
+
+    from ..core.pipeline import Segmenter
+
+    torch.manual_seed(int(seed))
+    seg = Segmenter(config, log=log)
+    seg.load()
+    return seg

@@ -151,13 +151,9 @@ def evaluate_frames(
     if config is None:
         config = segmenter.config if segmenter is not None else Config()
     if segmenter is None:
-        import torch
+        from .cli_config import seeded_segmenter
 
-        from ..core.pipeline import Segmenter
-
-        torch.manual_seed(int(seed))
-        segmenter = Segmenter(config, log=log)
-        segmenter.load()
+        segmenter = seeded_segmenter(config, seed, log)
     run = _FramesRun(config, segmenter, baseline, iou_threshold, cloud_tolerance, seed, log, keep_sheet)
     from tqdm import tqdm
 
@@ -329,9 +325,7 @@ def run_frames(args: Any) -> int:
 
     from ..core.config import ConfigError
     from ..core.model import WeightsError
-    from .bench import BenchError
-    from .cli_config import build_config
-    from .cli_config import parse_set as _parse_set
+    from .cli_config import build_config, parse_set
     from .eval_errors import EvalError
     from .eval_frames_report import _f, write_frames_outputs
 
@@ -350,14 +344,14 @@ def run_frames(args: Any) -> int:
         parts += ["--max-frames", str(args.max_frames)]
     try:
         K = _parse_intrinsics(args.intrinsics) if args.intrinsics else None
-        config, notes = build_config(args.params, _parse_set(args.set))
+        config, notes = build_config(args.params, parse_set(args.set))
         for n in notes:
             log(n)
         report, sheet = evaluate_frames(
             args.frames, config=config, layout=args.layout, baseline=args.baseline, intrinsics=K,
             iou_threshold=args.iou, cloud_tolerance=args.cloud_tolerance, max_frames=args.max_frames, seed=args.seed,
             progress=not args.quiet, log=log)
-    except (EvalError, ConfigError, BenchError, WeightsError) as exc:
+    except (EvalError, ConfigError, WeightsError) as exc:
         print(f"isr eval: error: {exc}", file=sys.stderr)
         return 2
     report["command"] = shlex.join(parts)

@@ -180,18 +180,11 @@ def _replay(reader: Any, run: Any, segmenter: Any, config: Any, inputs: dict[str
             seed: int, log: Callable[[str], None], max_frames: int | None, bar: Any) -> dict[str, Any]:
     """Pipeline mode: the bag through ``segmenter`` (built and loaded, seeded, when None); returns the report's
     ``model``."""
+    from .cli_config import seeded_segmenter
     from .eval_replay import PipelineReplay
     from .eval_report import model_info
 
-    seg = segmenter
-    if seg is None:
-        import torch
-
-        from ..core.pipeline import Segmenter
-
-        torch.manual_seed(int(seed))  # untrained weights: the same model (and detections) on every run
-        seg = Segmenter(config, log=log)
-        seg.load()
+    seg = segmenter if segmenter is not None else seeded_segmenter(config, seed, log)
     model = model_info(seg)
     PipelineReplay(run, seg, config, inputs, gt_topic).replay(reader, max_frames, bar)
     if run.frame_hw is not None:
