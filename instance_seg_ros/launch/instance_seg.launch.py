@@ -6,8 +6,18 @@
         camera_info:=/cam/rgb/camera_info params_file:=/path/to/my.yaml managed:=true namespace:=left
 
 Arguments: camera (realsense | gazebo | generic), namespace, params_file (default config/<camera>.yaml,
-config/default.yaml for generic), use_sim_time, managed, and image / depth / camera_info to override the
-preset's topics. Everything here is also reachable without launch:
+config/default.yaml for generic; a path that does not exist is refused), use_sim_time, managed, autostart,
+input_reliability (best_effort | reliable; empty: the params file decides), and image / depth / camera_info to
+override the preset's topics.
+
+managed:=true starts the node as a launch_ros LifecycleNode: it waits in ``unconfigured`` for its transitions,
+which launch can drive (autostart:=true: configure, then activate, as soon as the node is up) or you do by hand:
+
+    ros2 lifecycle set /instance_seg_node configure     # loads and warms the model
+    ros2 lifecycle set /instance_seg_node activate      # subscribes
+    ros2 lifecycle set /instance_seg_node deactivate    # unsubscribes, frees GPU memory
+
+Everything here is also reachable without launch:
 
     instance_seg_node --ros-args --params-file config/realsense.yaml \
         -r image:=/camera/camera/color/image_raw -r image/compressed:=/camera/camera/color/image_raw/compressed \
@@ -21,9 +31,13 @@ import os
 
 from ament_index_python.packages import get_package_share_directory
 from launch import LaunchDescription
-from launch.actions import DeclareLaunchArgument, OpaqueFunction
+from launch.actions import DeclareLaunchArgument, EmitEvent, OpaqueFunction, RegisterEventHandler
+from launch.events import matches_action
 from launch.substitutions import LaunchConfiguration
-from launch_ros.actions import Node
+from launch_ros.actions import LifecycleNode, Node
+from launch_ros.event_handlers import OnStateTransition
+from launch_ros.events.lifecycle import ChangeState
+from lifecycle_msgs.msg import Transition
 
 # camera preset -> the node's inputs (image, depth registered to color, color camera_info)
 CAMERAS = {
@@ -42,34 +56,59 @@ CAMERAS = {
 TRUE = ("true", "1", "yes", "on")
 
 
+def _existing_params_file(path):
+    """``path`` if it is a file; otherwise a ValueError (launch_ros itself only logs a missing file and the node
+    would run on its built-in defaults)."""
+    if not os.path.isfile(path):
+        raise ValueError(f"params_file:={path} does not exist (or is not a file): give the path of a parameters "
+                         "YAML file, or leave params_file out to use the camera preset's config.")
+    return path
+
+
+def _change_state(node, transition_id):
+    return EmitEvent(event=ChangeState(lifecycle_node_matcher=matches_action(node), transition_id=transition_id))
+
+
+def _autostart(node):
+    """Configure ``node`` as soon as its lifecycle services are up, and activate it once it is inactive."""
+    return [
+        RegisterEventHandler(OnStateTransition(target_lifecycle_node=node, goal_state="inactive",
+                                               entities=[_change_state(node, Transition.TRANSITION_ACTIVATE)])),
+        node,
+        _change_state(node, Transition.TRANSITION_CONFIGURE),
+    ]
+
+
 def _node(context):
     def arg(name):
         return LaunchConfiguration(name).perform(context).strip()
 
-    camera = arg("camera")
-    if camera not in CAMERAS:
-        raise RuntimeError(f"camera:={camera} is not a preset; use one of {', '.join(CAMERAS)}.")
+    camera = arg("camera")  # DeclareLaunchArgument's choices have refused anything else
     topics = {key: arg(key) or default for key, default in CAMERAS[camera].items()}
-    params_file = arg("params_file") or os.path.join(
+    params_file = _existing_params_file(arg("params_file") or os.path.join(
         get_package_share_directory("instance_seg_ros"), "config",
-        "default.yaml" if camera == "generic" else f"{camera}.yaml")
+        "default.yaml" if camera == "generic" else f"{camera}.yaml"))
+    managed = arg("managed").lower() in TRUE
+    overrides = {"use_sim_time": arg("use_sim_time").lower() in TRUE, "managed": managed}
+    if arg("input_reliability"):
+        overrides["qos.input_reliability"] = arg("input_reliability")
     remappings = [
         ("image", topics["image"]),
         ("image/compressed", topics["image"] + "/compressed"),
         ("depth", topics["depth"]),
         ("camera_info", topics["camera_info"]),
     ]
-    return [Node(
+    node = (LifecycleNode if managed else Node)(
         package="instance_seg_ros",
         executable="instance_seg_node",
         name="instance_seg_node",
         namespace=arg("namespace"),
-        parameters=[params_file, {"use_sim_time": arg("use_sim_time").lower() in TRUE,
-                                  "managed": arg("managed").lower() in TRUE}],
+        parameters=[params_file, overrides],
         remappings=remappings,
         output="screen",
         emulate_tty=True,
-    )]
+    )
+    return _autostart(node) if managed and arg("autostart").lower() in TRUE else [node]
 
 
 def generate_launch_description():
@@ -81,7 +120,12 @@ def generate_launch_description():
                               description="Parameters file; default config/<camera>.yaml (default.yaml for generic)."),
         DeclareLaunchArgument("use_sim_time", default_value="false", description="Use /clock (simulation, bags)."),
         DeclareLaunchArgument("managed", default_value="false",
-                              description="Managed lifecycle node: wait for configure/activate transitions."),
+                              description="Start a lifecycle node that waits for configure/activate transitions."),
+        DeclareLaunchArgument("autostart", default_value="false",
+                              description="With managed:=true: launch configures, then activates the node."),
+        DeclareLaunchArgument("input_reliability", default_value="", choices=["", "best_effort", "reliable"],
+                              description="QoS reliability of the inputs (qos.input_reliability); empty: the "
+                                          "params file's value."),
         DeclareLaunchArgument("image", default_value="", description="Color image topic (overrides the preset)."),
         DeclareLaunchArgument("depth", default_value="", description="Registered depth topic (overrides the preset)."),
         DeclareLaunchArgument("camera_info", default_value="",
