@@ -6,13 +6,14 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
 import pytest
 from pycocotools import mask as mask_utils
 
-from instance_seg_ros.core.dataset import AmodalCocoDataset, DatasetError, collate, decode_segmentation, to_torch
+from instance_seg_ros.core.dataset import AmodalCocoDataset, AmodalSample, DatasetError, collate, decode_segmentation
 from instance_seg_ros.tools.synth import SynthParams, synthesize
 
 
@@ -89,6 +90,28 @@ def test_split_keeps_scenes_together_and_is_seeded(synth_dir):
         ds.split(1.0)
     with pytest.raises(IndexError):
         ds[6]
+
+
+def to_torch(sample: AmodalSample, *, with_depth: bool = False) -> tuple[Any, dict[str, Any]]:
+    """torchvision detection inputs: ``(image FloatTensor[C, H, W] in 0..1, targets)`` (a test helper: training
+    builds its inputs in ``tools.train_data``).
+
+    ``C`` is 3, or 4 with ``with_depth`` (depth in meters as the 4th channel, 0 where invalid; raises when the
+    sample has no depth). Targets: every entry of ``sample.targets`` as a tensor (``masks`` and
+    ``amodal_masks`` UInt8Tensor[N, H, W], ``boxes`` FloatTensor[N, 4], ``labels`` Int64Tensor[N], ...) plus
+    ``image_id`` (Int64Tensor[1]).
+    """
+    import torch
+
+    img = torch.from_numpy(np.ascontiguousarray(sample.color)).permute(2, 0, 1).float().div_(255.0)
+    if with_depth:
+        if sample.depth is None:
+            raise DatasetError(f"Image {sample.image_id} has no depth; use with_depth=False or add depth images.")
+        d = torch.from_numpy(np.nan_to_num(sample.depth, nan=0.0).astype(np.float32))[None]
+        img = torch.cat([img, d], dim=0)
+    targets = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in sample.targets.items()}
+    targets["image_id"] = torch.tensor([sample.image_id], dtype=torch.int64)
+    return img, targets
 
 
 def test_to_torch_and_collate(synth_dir):

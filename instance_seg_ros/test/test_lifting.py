@@ -13,14 +13,12 @@ from instance_seg_ros.core.geometry import centroid, oriented_box, quaternion_to
 from instance_seg_ros.core.images import FrameError
 from instance_seg_ros.core.lifting import (
     LiftedCloud,
-    crop,
     filter_cloud,
     label_image,
     lift_instances,
-    mask_bbox,
-    mask_bboxes,
     valid_depth_mask,
 )
+from instance_seg_ros.core.masks import crop, mask_bbox, mask_bboxes
 from instance_seg_ros.core.types import Intrinsics
 
 H, W = 480, 640

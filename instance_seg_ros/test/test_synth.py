@@ -15,7 +15,7 @@ import pytest
 from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 
-from instance_seg_ros.core.lifting import mask_bbox
+from instance_seg_ros.core.masks import mask_bbox
 from instance_seg_ros.sim.camera import d435_intrinsics
 from instance_seg_ros.sim.randomization import SceneConfig
 from instance_seg_ros.sim.scene import Scene

@@ -11,9 +11,8 @@ Annotation keys understood (per annotation; polygons, compressed or uncompressed
 
 Per image, :class:`AmodalCocoDataset` returns an :class:`AmodalSample`: RGB uint8, depth float32
 meters (NaN invalid) when the image names a ``depth_file`` (or ``<root>/depth/<file name>`` exists),
-:class:`Intrinsics` when the image has ``intrinsics``, and numpy targets. :func:`to_torch` turns a
-sample into torchvision detection tensors. Importing this module does not import torch (the mask boxes of
-:func:`~instance_seg_ros.core.lifting.mask_bboxes` and :func:`to_torch` import it when first used).
+:class:`Intrinsics` when the image has ``intrinsics``, and numpy targets. Importing this module does not
+import torch (the mask boxes come from the numpy-only :mod:`~instance_seg_ros.core.masks`).
 
 Example::
 
@@ -33,6 +32,7 @@ from typing import Any
 
 import numpy as np
 
+from .masks import mask_bboxes
 from .types import Intrinsics
 
 __all__ = [
@@ -42,7 +42,6 @@ __all__ = [
     "collate",
     "decode_segmentation",
     "target_boxes",
-    "to_torch",
 ]
 
 
@@ -146,10 +145,8 @@ def _flatten_cocoa_regions(anns: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def target_boxes(masks: np.ndarray) -> np.ndarray:
     """The ``boxes`` / ``amodal_boxes`` of :class:`AmodalSample` targets: float32[N, 4] ``(x1, y1, x2, y2)`` of
-    [N, H, W] masks, x2 / y2 exclusive, zeros for an empty mask (:func:`~instance_seg_ros.core.lifting.mask_bboxes`
+    [N, H, W] masks, x2 / y2 exclusive, zeros for an empty mask (:func:`~instance_seg_ros.core.masks.mask_bboxes`
     as torchvision wants them)."""
-    from .lifting import mask_bboxes  # imported here: importing this module stays torch-free
-
     boxes = mask_bboxes(masks).astype(np.float32)
     boxes[:, 2:] += boxes[:, :2]
     return boxes
@@ -368,27 +365,6 @@ class AmodalCocoDataset:
 
 
 # ---------------------------------------------------------------------------------------- torch
-def to_torch(sample: AmodalSample, *, with_depth: bool = False) -> tuple[Any, dict[str, Any]]:
-    """torchvision detection inputs: ``(image FloatTensor[C, H, W] in 0..1, targets)``.
-
-    ``C`` is 3, or 4 with ``with_depth`` (depth in meters as the 4th channel, 0 where invalid; raises when the
-    sample has no depth). Targets: every entry of ``sample.targets`` as a tensor (``masks`` and
-    ``amodal_masks`` UInt8Tensor[N, H, W], ``boxes`` FloatTensor[N, 4], ``labels`` Int64Tensor[N], ...) plus
-    ``image_id`` (Int64Tensor[1]).
-    """
-    import torch
-
-    img = torch.from_numpy(np.ascontiguousarray(sample.color)).permute(2, 0, 1).float().div_(255.0)
-    if with_depth:
-        if sample.depth is None:
-            raise DatasetError(f"Image {sample.image_id} has no depth; use with_depth=False or add depth images.")
-        d = torch.from_numpy(np.nan_to_num(sample.depth, nan=0.0).astype(np.float32))[None]
-        img = torch.cat([img, d], dim=0)
-    targets = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in sample.targets.items()}
-    targets["image_id"] = torch.tensor([sample.image_id], dtype=torch.int64)
-    return img, targets
-
-
 def collate(batch: Sequence[Any]) -> tuple[Any, ...]:
     """The torchvision detection collate: a batch of ``(image, targets)`` pairs -> ``(images, targets)`` tuples."""
     return tuple(zip(*batch, strict=True))

@@ -7,7 +7,7 @@ flying pixels) never becomes a point.
 
 :func:`lift_instances` works on torch tensors on the masks' device (CUDA included): one validity
 mask, one batched erosion, one ``nonzero`` over all instances, one projection; only the final
-points, colors and per-instance counts travel to the host.
+points, colors and per-instance counts travel to the host. Mask boxes and crops are :mod:`.masks`'s.
 """
 
 from __future__ import annotations
@@ -23,13 +23,9 @@ from .types import FrameError, Intrinsics
 
 __all__ = [
     "LiftedCloud",
-    "box_and_crop",
-    "crop",
     "filter_cloud",
     "label_image",
     "lift_instances",
-    "mask_bbox",
-    "mask_bboxes",
     "valid_depth_mask",
 ]
 
@@ -452,56 +448,3 @@ def label_image(masks: np.ndarray | torch.Tensor, scores: Any = None) -> np.ndar
         return lut[best.cpu().numpy()]
     best = (m * prio[:, None, None]).max(axis=0)
     return lut[best]
-
-
-def mask_bboxes(masks: np.ndarray | torch.Tensor) -> np.ndarray:
-    """Tight boxes of [N, H, W] masks (numpy or torch, any device) as np.ndarray[N, 4] int64 ``(x, y, w, h)``.
-
-    An empty mask gives ``(0, 0, 0, 0)``.
-    """
-    if _on_accelerator(masks):
-        m = _masks_torch(masks, masks.device)
-        rows = m.any(dim=2).cpu().numpy()  # [N, H]
-        cols = m.any(dim=1).cpu().numpy()  # [N, W]
-    else:
-        m = _masks_np(masks)
-        rows = m.any(axis=2)
-        cols = m.any(axis=1)
-    return boxes_from_occupancy(rows, cols)
-
-
-def boxes_from_occupancy(rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
-    """[N, 4] int64 ``(x, y, w, h)`` from per-mask row / column occupancy (bool [N, H], [N, W]); zeros when empty."""
-    n, h = rows.shape
-    w = cols.shape[1]
-    y0 = rows.argmax(axis=1)
-    y1 = h - rows[:, ::-1].argmax(axis=1)
-    x0 = cols.argmax(axis=1)
-    x1 = w - cols[:, ::-1].argmax(axis=1)
-    box = np.stack([x0, y0, x1 - x0, y1 - y0], axis=1).astype(np.int64)
-    box *= rows.any(axis=1, keepdims=True)
-    return box.reshape(n, 4)
-
-
-def mask_bbox(mask: np.ndarray | torch.Tensor) -> tuple[int, int, int, int]:
-    """Tight box ``(x, y, w, h)`` of one [H, W] mask; ``(0, 0, 0, 0)`` when empty."""
-    if mask.ndim != 2:
-        raise FrameError(f"mask must have shape [H, W], got {list(mask.shape)}.")
-    b = mask_bboxes(mask[None])[0]
-    return int(b[0]), int(b[1]), int(b[2]), int(b[3])
-
-
-def box_and_crop(mask: np.ndarray) -> tuple[tuple[int, int, int, int], np.ndarray]:
-    """Tight box ``(x, y, w, h)`` of one [H, W] mask and a bool copy of the mask cropped to it (``(0, 0, 0, 0)``
-    and a [0, 0] crop when empty): the ``bbox`` / ``mask`` pair of an :class:`~.types.InstanceResult`."""
-    box = mask_bbox(mask)
-    return box, np.array(crop(np.asarray(mask), box), dtype=bool)
-
-
-def crop(mask: np.ndarray | torch.Tensor, bbox: tuple[int, int, int, int]) -> np.ndarray | torch.Tensor:
-    """``mask[y:y+h, x:x+w]`` (a view) for ``bbox = (x, y, w, h)``; the box must lie inside the mask."""
-    x, y, bw, bh = (int(v) for v in bbox)
-    H, W = mask.shape[-2:]
-    if bw < 0 or bh < 0 or x < 0 or y < 0 or x + bw > W or y + bh > H:
-        raise ValueError(f"bbox (x, y, w, h) = {tuple(bbox)} does not lie inside the {W}x{H} mask.")
-    return mask[..., y : y + bh, x : x + bw]

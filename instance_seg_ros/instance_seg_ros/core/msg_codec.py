@@ -48,6 +48,7 @@ __all__ = [
     "instance_fields",
     "instance_from_msg",
     "mask_bytes",
+    "mask_image_fields",
     "mask_from_image",
     "pointcloud2_arrays",
     "pointcloud2_fields",
@@ -79,6 +80,7 @@ XYZRGB_FIELDS = (*XYZ_FIELDS, {"name": "rgb", "offset": 12, "datatype": _FLOAT32
 # point; the color bytes are 3 strided 1-D copies. ~2x faster than float32 column arithmetic for a few thousand points.
 _XYZRGB = np.dtype({"names": ["xyz", "rgb"], "formats": ["V12", "<u4"], "offsets": [0, 12], "itemsize": 16})
 _ZERO_BYTE = array.array("B", b"\0")
+_U8_255 = np.uint8(255)
 
 
 class MessageError(ValueError):
@@ -136,7 +138,21 @@ def image_fields(arr: np.ndarray, encoding: str, header: Any = None) -> dict[str
 def mask_bytes(mask: np.ndarray) -> np.ndarray:
     """A mask as the uint8 bytes of its mono8 image: 255 where set, else 0."""
     m = np.asarray(mask)
-    return (m.view(np.uint8) * np.uint8(255)) if m.dtype == bool else np.where(m > 0, 255, 0).astype(np.uint8)
+    return (m.view(np.uint8) * _U8_255) if m.dtype == np.bool_ else np.where(m > 0, 255, 0).astype(np.uint8)
+
+
+def mask_image_fields(mask: np.ndarray, header: Any = None) -> dict[str, Any]:
+    """The mono8 ``sensor_msgs/Image`` of a [h, w] mask (:data:`MASK_ENCODING`, 255 = set): what
+    ``image_fields(mask_bytes(mask), MASK_ENCODING, header)`` writes, without re-checking the bytes made here (an
+    InstanceArray holds two per instance)."""
+    m = mask_bytes(mask)
+    if m.ndim != 2:
+        raise MessageError(f"A mask must have shape [h, w], got {m.shape}.")
+    h, w = m.shape
+    tree = {"height": h, "width": w, "encoding": MASK_ENCODING, "is_bigendian": 0, "step": w, "data": m.reshape(-1)}
+    if header is not None:
+        tree["header"] = header
+    return tree
 
 
 def compressed_image_fields(rgb: np.ndarray, fmt: str = "jpeg", quality: int = 90, header: Any = None
@@ -208,15 +224,15 @@ def pointcloud2_fields(points: np.ndarray, colors: np.ndarray | None = None, hea
 
 
 def _xyz(v: Any) -> dict[str, float]:
-    v = np.asarray(v, dtype=np.float64)
-    return {"x": float(v[0]), "y": float(v[1]), "z": float(v[2])}
+    x, y, z = np.asarray(v, dtype=np.float64)[:3].tolist()
+    return {"x": x, "y": y, "z": z}
 
 
 def instance_fields(inst: InstanceResult, header: Any = None) -> dict[str, Any]:
     """``instance_seg_msgs/Instance`` of one :class:`~.types.InstanceResult`: mask crops as mono8 (255 = object),
     a PointCloud2 (x, y, z + rgb when it has colors), centroid and oriented box. ``header`` goes on the images and
     the cloud."""
-    q = np.asarray(inst.box_quat, dtype=np.float64)
+    qx, qy, qz, qw = np.asarray(inst.box_quat, dtype=np.float64)[:4].tolist()
     return {
         "index": int(inst.index),
         "track_id": int(inst.track_id),
@@ -224,16 +240,16 @@ def instance_fields(inst: InstanceResult, header: Any = None) -> dict[str, Any]:
         "class_name": str(inst.class_name),
         "score": float(inst.score),
         "bbox": roi_fields(inst.bbox),
-        "mask": image_fields(mask_bytes(inst.mask), MASK_ENCODING, header),
+        "mask": mask_image_fields(inst.mask, header),
         "amodal_bbox": roi_fields(inst.amodal_bbox),
-        "amodal_mask": image_fields(mask_bytes(inst.amodal_mask), MASK_ENCODING, header),
+        "amodal_mask": mask_image_fields(inst.amodal_mask, header),
         "occlusion": float(inst.occlusion),
         "is_occluded": bool(inst.is_occluded),
         "points": pointcloud2_fields(inst.points, inst.colors, header),
         "depth_coverage": float(inst.depth_coverage),
         "centroid": _xyz(inst.centroid),
         "box_pose": {"position": _xyz(inst.box_center),
-                     "orientation": {"x": float(q[0]), "y": float(q[1]), "z": float(q[2]), "w": float(q[3])}},
+                     "orientation": {"x": qx, "y": qy, "z": qz, "w": qw}},
         "box_size": _xyz(inst.box_size),
     }
 

@@ -62,7 +62,8 @@ class InstanceResult:
         bbox (tuple[int, int, int, int]): (x, y, w, h) of the visible mask.
         mask (np.ndarray[h, w] bool): visible mask cropped to ``bbox``.
         amodal_bbox / amodal_mask: the same for the amodal (full-shape) mask; ``amodal ⊇ visible``.
-        occlusion (float): hidden fraction of the amodal mask, 0..1.
+        occlusion (float): hidden fraction of the amodal mask, 0..1, computed from the masks (``1 - visible area /
+            amodal area``), not the model's occlusion head; this is the value ``Instance.occlusion`` publishes.
         points (np.ndarray[N, 3] float32): visible-surface points, meters, camera optical frame.
         colors (np.ndarray[N, 3] uint8 | None): RGB of each point.
         depth_coverage (float): share of visible-mask pixels that had valid depth.

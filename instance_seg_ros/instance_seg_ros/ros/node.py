@@ -44,23 +44,18 @@ import rclpy
 from diagnostic_msgs.msg import DiagnosticArray
 from rcl_interfaces.msg import SetParametersResult
 from rclpy.clock import Clock, ClockType
-from rclpy.event_handler import PublisherEventCallbacks, SubscriptionEventCallbacks, UnsupportedEventTypeError
+from rclpy.event_handler import SubscriptionEventCallbacks, UnsupportedEventTypeError
 from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from rclpy.parameter import Parameter
 from rclpy.utilities import remove_ros_args
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image
-from visualization_msgs.msg import MarkerArray
-
-from instance_seg_msgs.msg import InstanceArray
 
 from ..core.config import Config, ConfigError
-from ..core.images import color_from_compressed_msg, color_from_msg, depth_from_msg, intrinsics_from_camera_info
 from ..core.sync import LatestSlot, Matched, StampError, StampSynchronizer
 from ..core.text import one_line
 from ..core.types import FrameError
-from ..core.visualize import draw_overlay
-from .conversions import image_msg, instance_array_msg, label_image_msg, stamp_to_ns
+from .conversions import stamp_to_ns
 from .diagnostics import (
     InputWatch,
     NodeStats,
@@ -68,29 +63,19 @@ from .diagnostics import (
     Throttle,
     check_inputs,
     diagnostic_array,
-    frame_id_mismatch_text,
     missing_input_text,
     node_status,
     time_reset_warning,
 )
-from .markers import markers_msg
-from .params import NodeSettings, all_specs, coerced, declare_specs, merged, refuse_fixed, split_flat
-from .qos import describe, incompatible_qos_hint, input_qos, output_qos, policy_name, transport_warning
+from .frame_inputs import FrameRejected, count_processed, decode_frame, frame_summary, publisher_id
+from .outputs import create_publishers, publish_result
+from .params import NodeSettings, all_specs, coerced, declare_specs, merged, refusal, split_flat
+from .qos import describe, incompatible_qos_warning, input_qos, policy_name, transport_warning
 
 __all__ = ["STREAMS", "InstanceSegNode", "main"]
 
 NODE_NAME = "instance_seg_node"
 STREAMS = ("image", "depth", "camera_info")
-
-
-def _publisher_id(info: Any) -> bytes | None:
-    """The publishing writer's GID from a subscription's message info (None when the middleware gives none)."""
-    try:
-        gid = info.get("publisher_gid") if isinstance(info, dict) else None
-        data = gid.get("data") if isinstance(gid, dict) else gid
-        return bytes(data) if data is not None else None
-    except Exception:  # unknown shape: fall back to stamp-only restart detection
-        return None
 
 
 class InstanceSegNode(LifecycleNode):
@@ -171,11 +156,7 @@ class InstanceSegNode(LifecycleNode):
 
     def _validate_parameters(self, params: list[Parameter]) -> SetParametersResult:
         """On-set: refuse invalid values, and fixed ones while configured, with a reason."""
-        try:
-            merged(self._config, self._settings, params)
-        except ConfigError as exc:
-            return SetParametersResult(successful=False, reason=str(exc))
-        reason = refuse_fixed({**self._config.to_flat(), **self._settings.to_flat()}, params, self._state)
+        reason = refusal(self._config, self._settings, params, self._state)
         return SetParametersResult(successful=not reason, reason=reason)
 
     def _apply_parameters(self, params: list[Parameter]) -> None:
@@ -202,7 +183,7 @@ class InstanceSegNode(LifecycleNode):
             seg = Segmenter(self._config, log=self.get_logger().info)
             seg.load()
             self._seg = seg
-            self._create_publishers()
+            self._pubs = create_publishers(self, self._settings, self._on_incompatible_qos)
             cfg = self._config
             self._sync = StampSynchronizer(
                 STREAMS, slop=cfg.sync.slop, queue_size=cfg.sync.queue_size, max_age=cfg.sync.max_age,
@@ -294,14 +275,6 @@ class InstanceSegNode(LifecycleNode):
         self._sync = None
 
     # ================================================================== entities
-    def _create_publishers(self) -> None:
-        s = self._settings
-        qos = output_qos(s.output_reliability, s.output_depth)
-        for key, mtype, topic in (("instances", InstanceArray, "instances"), ("labels", Image, "instance_labels"),
-                                  ("markers", MarkerArray, "instance_markers"), ("debug_image", Image, "debug_image")):
-            events = PublisherEventCallbacks(incompatible_qos=partial(self._on_incompatible_qos, topic, "subscriber"))
-            self._pubs[key] = self.create_publisher(mtype, topic, qos, event_callbacks=events)
-
     def _create_subscriptions(self) -> None:
         s = self._settings
         qos = input_qos(s.input_reliability, s.input_depth)
@@ -309,16 +282,15 @@ class InstanceSegNode(LifecycleNode):
         for stream, (mtype, topic) in zip(STREAMS, (color, (Image, "depth"), (CameraInfo, "camera_info")),
                                           strict=True):
             callback = partial(self._on_input, stream)
-            incompatible = partial(self._on_incompatible_qos, topic, "publisher")
-            lost = partial(self._on_message_lost, stream)
+            events = {"incompatible_qos": partial(self._on_incompatible_qos, topic, "publisher"),
+                      "message_lost": partial(self._on_message_lost, stream)}
             try:
-                sub = self.create_subscription(
-                    mtype, topic, callback, qos,
-                    event_callbacks=SubscriptionEventCallbacks(incompatible_qos=incompatible, message_lost=lost))
+                sub = self.create_subscription(mtype, topic, callback, qos,
+                                               event_callbacks=SubscriptionEventCallbacks(**events))
             except UnsupportedEventTypeError:  # middleware without message-lost events
-                sub = self.create_subscription(
-                    mtype, topic, callback, qos, event_callbacks=SubscriptionEventCallbacks(
-                        incompatible_qos=incompatible))
+                del events["message_lost"]
+                sub = self.create_subscription(mtype, topic, callback, qos,
+                                               event_callbacks=SubscriptionEventCallbacks(**events))
             self._subs[stream] = sub
             self._inputs[stream] = InputWatch(topic=sub.topic_name)
 
@@ -342,7 +314,7 @@ class InstanceSegNode(LifecycleNode):
         reordered messages): stamp-match the raw message; no decoding here. Never raises (an exception would
         stop the executor)."""
         try:
-            self._take_input(stream, msg, _publisher_id(info))
+            self._take_input(stream, msg, publisher_id(info))
         except Exception as exc:
             self._callback_error("input callback", exc)
 
@@ -388,9 +360,7 @@ class InstanceSegNode(LifecycleNode):
     def _on_incompatible_qos(self, topic: str, other: str, event: Any) -> None:
         self._stats.inc("qos_incompatible")
         self._stats.inc(f"qos_incompatible.{topic}")
-        policy = policy_name(event.last_policy_kind)
-        self._warn(f"qos_{topic}", f"A {other} on '{topic}' has incompatible QoS (policy {policy}); no messages "
-                                   f"flow between us. {incompatible_qos_hint(policy, other)}")
+        self._warn(f"qos_{topic}", incompatible_qos_warning(topic, other, policy_name(event.last_policy_kind)))
 
     def _on_message_lost(self, stream: str, event: Any) -> None:
         self._stats.inc(f"messages_lost.{stream}", int(getattr(event, "total_count_change", 1)) or 1)
@@ -422,28 +392,12 @@ class InstanceSegNode(LifecycleNode):
             return
         if seg.config is not cfg:
             seg.update_config(cfg)
-        color_msg, depth_msg, info_msg = m.msgs
-        mismatch = s.frame_id_check and frame_id_mismatch_text(
-            color_msg.header.frame_id, depth_msg.header.frame_id, info_msg.header.frame_id)
-        if mismatch:
-            return self._reject("frame_id_mismatch", mismatch)
-        limits = {"max_width": cfg.input.max_width, "max_height": cfg.input.max_height}
+        color_msg = m.msgs[0]
         t0 = time.perf_counter()
         try:
-            if isinstance(color_msg, CompressedImage):
-                color = color_from_compressed_msg(color_msg, **limits)
-            else:
-                color = color_from_msg(color_msg, **limits)
-        except FrameError as exc:
-            return self._reject("bad_image", f"{exc}")
-        try:
-            depth = depth_from_msg(depth_msg, scale_16uc1=cfg.depth.scale_16uc1, **limits)
-        except FrameError as exc:
-            return self._reject("bad_depth", f"{exc}")
-        try:
-            K = intrinsics_from_camera_info(info_msg)
-        except FrameError as exc:
-            return self._reject("bad_camera_info", f"{exc}")
+            color, depth, K = decode_frame(*m.msgs, cfg, frame_id_check=s.frame_id_check)
+        except FrameRejected as exc:
+            return self._reject(exc.reason, str(exc))
         decode_ms = (time.perf_counter() - t0) * 1e3
         try:
             result = seg.process(color, depth, K)
@@ -454,34 +408,12 @@ class InstanceSegNode(LifecycleNode):
             self._stats.error(f"{exc.reason}: {exc}")
             return self._warn(exc.reason, f"Frame stamped {m.stamp_ns / 1e9:.3f} s skipped ({exc.reason}): {exc}")
         result.timings["decode"] = decode_ms
-        self._stats.inc("frames_processed")
-        if cfg.filter.support_plane != "off":
-            self._stats.inc("support_plane.frames_with_plane" if result.support_plane is not None
-                            else "support_plane.frames_without_plane")
-            self._stats.inc("support_plane.instances_dropped", len(result.dropped))
-        self._publish(result, color, color_msg.header)
+        count_processed(self._stats, result, support_plane=cfg.filter.support_plane != "off")
+        publish_result(self._pubs, self._settings, result, color, color_msg.header)
         now = time.monotonic()
         self._stats.tick("frames_published", now)
         self._stats.latency((now - t_match) * 1e3, sum(v for k, v in result.timings.items() if k != "total"), now)
-        self._last_frame = {"stamp_ns": m.stamp_ns, "instances": len(result.instances),
-                            "dropped_on_support_plane": len(result.dropped),
-                            "size": f"{result.width}x{result.height}", "frame_id": color_msg.header.frame_id}
-
-    def _publish(self, result, color, hdr) -> None:
-        pubs, s = self._pubs, self._settings
-        if not pubs:
-            return
-        pubs["instances"].publish(instance_array_msg(result, hdr))
-        if self._wanted(s.publish_labels, pubs["labels"]):
-            pubs["labels"].publish(label_image_msg(result.label_image, hdr))
-        if self._wanted(s.publish_markers, pubs["markers"]):
-            pubs["markers"].publish(markers_msg(result, hdr))
-        if self._wanted(s.publish_debug_image, pubs["debug_image"]):
-            pubs["debug_image"].publish(image_msg(draw_overlay(color, result), "rgb8", hdr))
-
-    @staticmethod
-    def _wanted(mode: str, pub: Any) -> bool:
-        return mode == "always" or (mode == "auto" and pub.get_subscription_count() > 0)
+        self._last_frame = frame_summary(m.stamp_ns, result, color_msg.header.frame_id)
 
     # ================================================================== problems
     def _warn(self, key: str, text: str, *, error: bool = False) -> None:
@@ -548,7 +480,6 @@ def main(args: list[str] | None = None) -> int:
     ns = _parse_args(argv)
     rclpy.init(args=argv)
     node: InstanceSegNode | None = None
-    code = 0
     try:
         try:
             node = InstanceSegNode(managed=True if ns.managed else None)
@@ -572,7 +503,7 @@ def main(args: list[str] | None = None) -> int:
             node.close()
             node.destroy_node()
         rclpy.try_shutdown()
-    return code
+    return 0
 
 
 if __name__ == "__main__":

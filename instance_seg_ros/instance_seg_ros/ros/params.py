@@ -29,6 +29,7 @@ __all__ = [
     "descriptor",
     "is_config_key",
     "merged",
+    "refusal",
     "refuse_fixed",
     "split_flat",
     "validate_node_value",
@@ -137,6 +138,17 @@ def merged(cfg: Config, settings: NodeSettings, params: Iterable[Parameter]) -> 
         elif p.name in _NODE_BY_NAME:
             node_flat[p.name] = p.value
     return Config.from_flat(cfg_flat), NodeSettings.from_flat(node_flat)
+
+
+def refusal(cfg: Config, settings: NodeSettings, params: Iterable[Parameter], state: str) -> str:
+    """Why the node refuses ``params`` in lifecycle ``state`` ('' when it takes them): an invalid value, or a fixed
+    parameter changed while configured (:func:`refuse_fixed`)."""
+    params = list(params)
+    try:
+        merged(cfg, settings, params)
+    except ConfigError as exc:
+        return str(exc)
+    return refuse_fixed({**cfg.to_flat(), **settings.to_flat()}, params, state)
 
 
 def refuse_fixed(current: Mapping[str, Any], params: Iterable[Parameter], state: str) -> str:

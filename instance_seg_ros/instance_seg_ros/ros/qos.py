@@ -20,6 +20,7 @@ __all__ = [
     "RELIABILITY",
     "describe",
     "incompatible_qos_hint",
+    "incompatible_qos_warning",
     "input_qos",
     "output_qos",
     "policy_name",
@@ -74,6 +75,12 @@ def incompatible_qos_hint(policy: str, other: str) -> str:
     if "DURABILITY" in policy.upper() and other == "subscriber":
         return "Our outputs are volatile; subscribe with volatile durability."
     return f"Make the {other}'s {policy} policy compatible with ours."
+
+
+def incompatible_qos_warning(topic: str, other: str, policy: str) -> str:
+    """The warning when a ``other`` (``publisher`` / ``subscriber``) on ``topic`` has QoS incompatible with ours."""
+    return (f"A {other} on '{topic}' has incompatible QoS (policy {policy}); no messages flow between us. "
+            f"{incompatible_qos_hint(policy, other)}")
 
 
 LARGE_DATA_HINT = (

@@ -3,7 +3,7 @@
 - The *ground-truth centroid* of an object (``ObjectGT.centroid``, ``InstanceResult.centroid`` in
   :meth:`Frame.to_frame_result`) is the mean of its visible surface points lifted from the
   noise-free depth: what a perfect segmentation + lifting pipeline would report.
-- Boxes are ``(x, y, w, h)``, as :func:`instance_seg_ros.core.lifting.mask_bbox` computes them; poses are in the
+- Boxes are ``(x, y, w, h)``, as :func:`instance_seg_ros.core.masks.mask_bbox` computes them; poses are in the
   camera optical frame, quaternions ``(x, y, z, w)``.
 """
 
@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..core.geometry import matrix_to_quaternion
+from ..core.masks import mask_bbox
 from ..core.types import FrameResult, InstanceResult, Intrinsics
 from .camera import Camera, ray_grid
 from .errors import SceneError
@@ -24,18 +25,6 @@ __all__ = ["STATUSES", "Frame", "ObjectGT", "lift_mask", "object_ground_truth"]
 
 #: object status in a frame: ``ok`` objects are ground truth, the others are reported but excluded
 STATUSES = ("ok", "small", "hidden", "outside")
-
-
-def _mask_bbox(mask: np.ndarray) -> tuple[int, int, int, int]:
-    # Same result as core.lifting.mask_bbox (checked on 20,000 random masks); not imported from there because
-    # core.lifting imports torch (+2.4 s and +600 MB for sim_camera_node and every synth worker). Replace this by
-    # that function once the mask boxes live in a module that does not import torch.
-    rows = np.flatnonzero(mask.any(axis=1))
-    if rows.size == 0:
-        return (0, 0, 0, 0)
-    cols = np.flatnonzero(mask.any(axis=0))
-    y0, y1, x0, x1 = int(rows[0]), int(rows[-1]), int(cols[0]), int(cols[-1])
-    return (x0, y0, x1 - x0 + 1, y1 - y0 + 1)
 
 
 def lift_mask(
@@ -218,7 +207,7 @@ def object_ground_truth(
     return ObjectGT(
         id=obj.id, name=obj.name, status=status, visible_mask=vis, amodal_mask=am,
         visible_area=v_area, amodal_area=a_area, occlusion=max(0.0, occ) if math.isfinite(occ) else occ,
-        truncation=truncation, bbox=_mask_bbox(vis), amodal_bbox=_mask_bbox(am) if am is not None else (0, 0, 0, 0),
+        truncation=truncation, bbox=mask_bbox(vis), amodal_bbox=mask_bbox(am) if am is not None else (0, 0, 0, 0),
         position=pose[:3, 3].copy(), quat=matrix_to_quaternion(pose[:3, :3]), extent=obj.extent.copy(),
         centroid=centroid,
     )

@@ -32,6 +32,7 @@ from __future__ import annotations
 import copy
 import struct
 import time
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -96,6 +97,34 @@ class NaiveBaseline:
         Returns:
             FrameResult with timings (ms) for preprocess, inference, postprocess, lift, cloud_filter, geometry.
         """
+        cfg = self.config
+        h, w = depth.shape
+        timings: dict[str, float] = {}
+        vis, amo, scores, labels = self._detect(color, depth, timings)
+        t0 = time.perf_counter()
+        masks = _NaiveMasks.of(vis, amo)
+        timings["postprocess"] += (time.perf_counter() - t0) * 1e3
+
+        t0 = time.perf_counter()
+        clouds = [naive_lift(depth, vis[i], K, color if cfg.cloud.with_rgb else None, cfg) for i in masks.kept]
+        timings["lift"] = (time.perf_counter() - t0) * 1e3
+
+        on_plane = np.zeros(len(clouds), bool)
+        if cfg.filter.support_plane != "off":
+            t0 = time.perf_counter()
+            _, on_plane = support_plane_check(cfg, depth, K, [c[0] for c in clouds], masks.label)
+            timings["support_plane"] = (time.perf_counter() - t0) * 1e3
+
+        instances = self._instances(masks, clouds, on_plane, scores, labels, timings)
+        label = renumber_instances(instances, masks.label) if on_plane.any() else masks.label
+        timings["total"] = sum(timings.values())
+        return FrameResult(width=w, height=h, instances=instances, label_image=label, timings=timings)
+
+    def _detect(
+        self, color: np.ndarray, depth: np.ndarray, timings: dict[str, float]
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """The network with torchvision's transform and paste: ``(visible [N, H, W] bool, amodal [N, H, W] bool,
+        scores [N], labels [N])`` on the host; fills ``preprocess``, ``inference`` and (the paste) ``postprocess``."""
         cfg, m = self.config, self.model
         h, w = depth.shape
         rh = m.roi_heads
@@ -104,7 +133,6 @@ class NaiveBaseline:
         rh.detections_per_img = cfg.model.max_instances
         m.transform.min_size = (self.min_size,)
         m.transform.max_size = self.max_size
-        timings: dict[str, float] = {}
         with torch.no_grad():
             t0 = time.perf_counter()
             x = frame_to_input(color, depth, input_mode=m.input_mode, depth_max_m=m.depth_max_m, device=self.device)
@@ -124,38 +152,22 @@ class NaiveBaseline:
             labels = d["labels"].cpu().numpy()
         timings["preprocess"] = (t1 - t0) * 1e3
         timings["inference"] = (t2 - t1) * 1e3
-
-        boxes, aboxes, crops, acrops, occ, kept = [], [], [], [], [], []
-        for i in range(vis.shape[0]):
-            ys, xs = np.where(vis[i])
-            if ys.size == 0:
-                continue
-            ays, axs = np.where(amo[i])
-            b = (int(xs.min()), int(ys.min()), int(xs.max() - xs.min() + 1), int(ys.max() - ys.min() + 1))
-            ab = (int(axs.min()), int(ays.min()), int(axs.max() - axs.min() + 1), int(ays.max() - ays.min() + 1))
-            boxes.append(b)
-            aboxes.append(ab)
-            crops.append(vis[i, b[1] : b[1] + b[3], b[0] : b[0] + b[2]].copy())
-            acrops.append(amo[i, ab[1] : ab[1] + ab[3], ab[0] : ab[0] + ab[2]].copy())
-            occ.append(min(max(1.0 - vis[i].sum() / max(amo[i].sum(), 1), 0.0), 1.0))
-            kept.append(i)
-        label = np.zeros((h, w), np.uint16)
-        for j in range(len(kept) - 1, -1, -1):
-            label[vis[kept[j]]] = j + 1
         timings["postprocess"] = (time.perf_counter() - t2) * 1e3
+        return vis, amo, scores, labels
 
-        t0 = time.perf_counter()
-        clouds = [naive_lift(depth, vis[i], K, color if cfg.cloud.with_rgb else None, cfg) for i in kept]
-        timings["lift"] = (time.perf_counter() - t0) * 1e3
-
-        on_plane = np.zeros(len(clouds), bool)
-        if cfg.filter.support_plane != "off":
-            t0 = time.perf_counter()
-            _, on_plane = support_plane_check(cfg, depth, K, [c[0] for c in clouds], label)
-            timings["support_plane"] = (time.perf_counter() - t0) * 1e3
-
+    def _instances(
+        self,
+        masks: _NaiveMasks,
+        clouds: list[tuple[np.ndarray, np.ndarray | None, float]],
+        on_plane: np.ndarray,
+        scores: np.ndarray,
+        labels: np.ndarray,
+        timings: dict[str, float],
+    ) -> list[InstanceResult]:
+        """One :class:`InstanceResult` per kept mask off the support plane, its cloud filtered and its geometry
+        attached, one at a time; fills ``cloud_filter`` and ``geometry``."""
+        cfg, classes = self.config, self.meta.classes
         t_filter = t_geom = 0.0
-        classes = self.meta.classes
         instances = []
         for j, (pts, cols, coverage) in enumerate(clouds):
             if on_plane[j]:
@@ -164,22 +176,56 @@ class NaiveBaseline:
             pts, cols = filter_for_config(cfg.cloud, pts, cols)
             t1 = time.perf_counter()
             t_filter += t1 - t0
-            lab = int(labels[kept[j]])
+            i, occ = masks.kept[j], masks.occlusion[j]
+            lab = int(labels[i])
             inst = InstanceResult(
                 index=j + 1, class_id=lab, class_name=classes[lab] if lab < len(classes) else str(lab),
-                score=float(scores[kept[j]]), bbox=boxes[j], mask=crops[j], amodal_bbox=aboxes[j],
-                amodal_mask=acrops[j], occlusion=float(occ[j]), is_occluded=bool(occ[j] > cfg.occlusion.threshold),
+                score=float(scores[i]), bbox=masks.boxes[j], mask=masks.crops[j],
+                amodal_bbox=masks.amodal_boxes[j], amodal_mask=masks.amodal_crops[j],
+                occlusion=float(occ), is_occluded=bool(occ > cfg.occlusion.threshold),
                 points=pts, colors=cols, depth_coverage=coverage,
             )
             attach_geometry(inst, cfg.cloud.min_points)
             t_geom += time.perf_counter() - t1
             instances.append(inst)
-        if on_plane.any():  # the kept instances renumbered 1..N, in the label image too
-            label = renumber_instances(instances, label)
         timings["cloud_filter"] = t_filter * 1e3
         timings["geometry"] = t_geom * 1e3
-        timings["total"] = sum(timings.values())
-        return FrameResult(width=w, height=h, instances=instances, label_image=label, timings=timings)
+        return instances
+
+
+@dataclass
+class _NaiveMasks:
+    """The naive mask summary: per non-empty visible mask (``kept``, detection indices) ``np.where`` boxes on the
+    full mask, crops and occlusion, and a label image painted mask by mask over the full frame."""
+
+    kept: list[int] = field(default_factory=list)
+    boxes: list[tuple[int, int, int, int]] = field(default_factory=list)
+    amodal_boxes: list[tuple[int, int, int, int]] = field(default_factory=list)
+    crops: list[np.ndarray] = field(default_factory=list)
+    amodal_crops: list[np.ndarray] = field(default_factory=list)
+    occlusion: list[float] = field(default_factory=list)
+    label: np.ndarray | None = None
+
+    @classmethod
+    def of(cls, vis: np.ndarray, amo: np.ndarray) -> _NaiveMasks:
+        out = cls()
+        for i in range(vis.shape[0]):
+            ys, xs = np.where(vis[i])
+            if ys.size == 0:
+                continue
+            ays, axs = np.where(amo[i])
+            b = (int(xs.min()), int(ys.min()), int(xs.max() - xs.min() + 1), int(ys.max() - ys.min() + 1))
+            ab = (int(axs.min()), int(ays.min()), int(axs.max() - axs.min() + 1), int(ays.max() - ays.min() + 1))
+            out.boxes.append(b)
+            out.amodal_boxes.append(ab)
+            out.crops.append(vis[i, b[1] : b[1] + b[3], b[0] : b[0] + b[2]].copy())
+            out.amodal_crops.append(amo[i, ab[1] : ab[1] + ab[3], ab[0] : ab[0] + ab[2]].copy())
+            out.occlusion.append(min(max(1.0 - vis[i].sum() / max(amo[i].sum(), 1), 0.0), 1.0))
+            out.kept.append(i)
+        out.label = np.zeros(vis.shape[1:], np.uint16)
+        for j in range(len(out.kept) - 1, -1, -1):
+            out.label[vis[out.kept[j]]] = j + 1
+        return out
 
 
 def naive_lift(

@@ -12,7 +12,8 @@ from typing import Any
 import numpy as np
 
 from ..core.coco_eval import CocoInputError, decode_segmentation
-from ..core.lifting import box_and_crop, lift_instances
+from ..core.lifting import lift_instances
+from ..core.masks import box_and_crop
 from ..core.types import FrameResult, InstanceResult, Intrinsics
 from .eval_errors import GroundTruthError
 

@@ -5,7 +5,9 @@
   losses / inference functions.
 - :mod:`.amodal_maskrcnn`: ``AmodalMaskRCNN`` and ``build_amodal_maskrcnn``.
 - :mod:`.inputs`: frame → network input (RGB, optional depth channel).
-- :mod:`.weights`: checkpoint format, ``ModelMeta``, ``load_model``.
+- :mod:`.meta`: ``ModelMeta`` (what a weights file says about its model), ``FORMAT``, ``VERSION``.
+- :mod:`.safetensors_io`: the safetensors container of our weights.
+- :mod:`.weights`: saving and reading weights files, ``load_model``.
 - :mod:`.predictor`: ``Predictor`` → ``Detections``.
 """
 
@@ -30,12 +32,10 @@ from .heads import (
     occlusion_loss,
 )
 from .inputs import DEPTH_MAX_M, DEPTH_MEAN, DEPTH_STD, INPUT_MODES, InputError, depth_to_channel, frame_to_input
+from .meta import FORMAT, ModelMeta, WeightsError
 from .predictor import Detections, Predictor, PredictorError, resolve_device
 from .weights import (
     BUNDLED_WEIGHTS,
-    FORMAT,
-    ModelMeta,
-    WeightsError,
     load_checkpoint,
     load_model,
     save_checkpoint,

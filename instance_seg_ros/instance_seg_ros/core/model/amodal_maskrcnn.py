@@ -35,7 +35,7 @@ from torchvision.models.detection.roi_heads import paste_masks_in_image
 from torchvision.models.detection.transform import GeneralizedRCNNTransform
 from torchvision.ops import MultiScaleRoIAlign
 
-from ..lifting import mask_bboxes
+from ..masks import mask_bboxes
 from .backbones import BACKBONES, IMAGENET_MEAN, IMAGENET_STD, build_backbone
 from .heads import AmodalMaskHeads, AmodalMaskPredictor, AmodalRoIHeads, OcclusionPredictor, occlusion_from_masks
 from .inputs import DEPTH_MAX_M, DEPTH_MEAN, DEPTH_STD, INPUT_MODES

@@ -1,4 +1,7 @@
-"""Model weights: our checkpoint format, its metadata, and loading a model from a spec.
+"""Model weights: saving and reading our weights files, and loading a model from a spec.
+
+The metadata (:class:`~.meta.ModelMeta`, ``FORMAT``, ``VERSION``) lives in :mod:`.meta`, the safetensors container
+in :mod:`.safetensors_io`; their public names are importable from here and from :mod:`instance_seg_ros.core.model`.
 
 A checkpoint is one ``torch.save`` of a plain dict::
 
@@ -34,27 +37,27 @@ download) or a path to a checkpoint (``.pt`` or ``.safetensors``).
 
 from __future__ import annotations
 
-import argparse
-import dataclasses
-import datetime as _dt
-import json
 import logging
 import os
-import re
 import tempfile
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import safetensors
 import safetensors.torch
 import torch
 from torch import nn
 
 from .amodal_maskrcnn import AmodalMaskRCNN, build_amodal_maskrcnn
-from .backbones import BACKBONES
-from .inputs import DEPTH_MAX_M, DEPTH_MEAN, DEPTH_STD, INPUT_MODES
+from .meta import FORMAT, VERSION, ModelMeta, WeightsError, check_version, default_classes, meta_from_dict, to_plain
+from .safetensors_io import (
+    MAX_SAFETENSORS_HEADER,
+    SAFETENSORS_SUFFIX,
+    is_safetensors_path,
+    load_safetensors,
+    safetensors_metadata,
+    safetensors_tensors,
+)
 
 __all__ = [
     "BUNDLED_WEIGHTS",
@@ -75,197 +78,17 @@ __all__ = [
     "weights_file_kind",
 ]
 
-FORMAT = "instance_seg_ros/amodal_maskrcnn"
-VERSION = 1
 #: The model shipped inside the package (``package_data`` in setup.py installs ``weights/*.pt``).
 BUNDLED_WEIGHTS = Path(__file__).resolve().parent.parent.parent / "weights" / "amodal_maskrcnn.pt"
 #: weights="none" builds the untrained model from this torch seed, so that it is the same in every run
 UNTRAINED_SEED = 0
-#: a path with this suffix is written as safetensors and must hold safetensors when read
-SAFETENSORS_SUFFIX = ".safetensors"
-#: safetensors headers longer than this are refused before parsing (the safetensors library caps at the same size)
-MAX_SAFETENSORS_HEADER = 100_000_000
 _FP16_MAX = 65504.0
 _KEEP_FP32_SUFFIXES = ("running_mean", "running_var")
 
 log_ = logging.getLogger(__name__)
 
 
-class WeightsError(ValueError):
-    """Weights cannot be saved or loaded; the message names the file and the reason."""
-
-
-def default_classes(num_classes: int) -> list[str]:
-    """``["__background__", "object"]`` for 2 classes, else ``["__background__", "class_1", ...]``."""
-    if num_classes == 2:
-        return ["__background__", "object"]
-    return ["__background__"] + [f"class_{i}" for i in range(1, num_classes)]
-
-
-@dataclass
-class ModelMeta:
-    """What a checkpoint says about its model (JSON-serializable; see :meth:`to_dict`).
-
-    Attributes:
-        classes (list[str]): class names; index 0 is ``"__background__"``; ``len(classes) == num_classes``.
-        input_mode (str): ``rgb`` or ``rgbd``.
-        backbone (str): one of :data:`~.backbones.BACKBONES`.
-        min_size, max_size (int): the network input size it was trained at.
-        infer_min_size, infer_max_size (int): the network input short / long side to run it at; 0 = the
-            frame's own size. ``isr train`` sets them to the training size, so a model trained at 240x320 on
-            640x480 images sees objects at the same pixel scale in use. :class:`~.predictor.Predictor` takes
-            ``model.min_size`` / ``model.max_size`` when nonzero, else these. Missing in older files → 0.
-        builder_kwargs (dict): every argument of :func:`build_amodal_maskrcnn` that rebuilds the architecture
-            (head sizes, frozen BN, RPN / box settings ...).
-        depth_normalization (dict | None): ``{"max_m", "mean", "std"}`` of the depth channel (rgbd).
-        training_data (str): a description of the training data.
-        metrics (dict[str, float]): evaluation results (e.g. ``{"mask_ap": 0.61}``).
-        training (dict): how it was trained (``isr train``: iterations, batch size, lr, hardware, data sets
-            with image counts and seeds ...); plain JSON types. Missing in older files → ``{}``.
-        created (str): ISO 8601 UTC time.
-        torch_version, torchvision_version (str): versions that wrote the file.
-        notes (str): anything else.
-    """
-
-    classes: list[str]
-    input_mode: str = "rgb"
-    backbone: str = "resnet18_fpn"
-    min_size: int = 480
-    max_size: int = 640
-    infer_min_size: int = 0
-    infer_max_size: int = 0
-    builder_kwargs: dict[str, Any] = field(default_factory=dict)
-    depth_normalization: dict[str, float] | None = None
-    training_data: str = ""
-    metrics: dict[str, Any] = field(default_factory=dict)
-    training: dict[str, Any] = field(default_factory=dict)
-    created: str = ""
-    torch_version: str = ""
-    torchvision_version: str = ""
-    notes: str = ""
-
-    def __post_init__(self) -> None:
-        if not isinstance(self.classes, list) or len(self.classes) < 2 or not all(
-            isinstance(c, str) for c in self.classes
-        ):
-            raise WeightsError(f"meta.classes must be a list of at least 2 class names, got {self.classes!r}.")
-        if self.classes[0] != "__background__":
-            raise WeightsError(f"meta.classes[0] must be '__background__', got {self.classes[0]!r}.")
-        if self.input_mode not in INPUT_MODES:
-            raise WeightsError(f"meta.input_mode must be one of {', '.join(INPUT_MODES)}, got {self.input_mode!r}.")
-        if self.backbone not in BACKBONES:
-            raise WeightsError(f"meta.backbone must be one of {', '.join(BACKBONES)}, got {self.backbone!r}.")
-        for name in ("infer_min_size", "infer_max_size"):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int) or v < 0:
-                raise WeightsError(f"meta.{name} must be an integer >= 0 (0 = the frame's own size), got {v!r}.")
-        if not isinstance(self.training, dict):
-            raise WeightsError(f"meta.training must be a dict, got {type(self.training).__name__}.")
-        if self.input_mode == "rgbd" and self.depth_normalization is None:
-            self.depth_normalization = {"max_m": DEPTH_MAX_M, "mean": DEPTH_MEAN, "std": DEPTH_STD}
-        if not self.created:
-            self.created = _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
-        if not self.torch_version:
-            import torchvision
-
-            self.torch_version = str(torch.__version__)
-            self.torchvision_version = str(torchvision.__version__)
-
-    @property
-    def num_classes(self) -> int:
-        return len(self.classes)
-
-    @classmethod
-    def from_model(cls, model: AmodalMaskRCNN, classes: list[str] | None = None, **fields: Any) -> ModelMeta:
-        """Meta describing a model made by :func:`build_amodal_maskrcnn` (reads ``model.builder_kwargs``)."""
-        bk = dict(getattr(model, "builder_kwargs", {}) or {})
-        if not bk:
-            raise WeightsError("The model has no builder_kwargs; build it with build_amodal_maskrcnn to save it.")
-        classes = list(classes) if classes is not None else default_classes(bk["num_classes"])
-        if len(classes) != bk["num_classes"]:
-            raise WeightsError(f"{len(classes)} class names given for a model with {bk['num_classes']} classes.")
-        depth = None
-        if bk["input_mode"] == "rgbd":
-            depth = {"max_m": float(model.depth_max_m), "mean": DEPTH_MEAN, "std": DEPTH_STD}
-        return cls(
-            classes=classes,
-            input_mode=bk["input_mode"],
-            backbone=bk["backbone"],
-            min_size=bk["min_size"],
-            max_size=bk["max_size"],
-            builder_kwargs=bk,
-            depth_normalization=depth,
-            **fields,
-        )
-
-    def to_dict(self) -> dict[str, Any]:
-        return _plain(dataclasses.asdict(self), "meta")
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> ModelMeta:
-        """Inverse of :meth:`to_dict`; unknown keys (from newer writers) are ignored."""
-        if not isinstance(data, dict):
-            raise WeightsError(f"meta must be a dict, got {type(data).__name__}.")
-        if "classes" not in data:
-            raise WeightsError("meta has no 'classes'.")
-        names = {f.name for f in dataclasses.fields(cls)}
-        try:
-            return cls(**{k: v for k, v in data.items() if k in names})
-        except TypeError as exc:
-            raise WeightsError(f"meta is malformed: {exc}") from exc
-
-    def build_model(self) -> AmodalMaskRCNN:
-        """An untrained model with this meta's architecture."""
-        kwargs = dict(self.builder_kwargs)
-        kwargs.update(backbone=self.backbone, input_mode=self.input_mode, num_classes=self.num_classes)
-        kwargs.setdefault("min_size", self.min_size)
-        kwargs.setdefault("max_size", self.max_size)
-        if self.depth_normalization:
-            kwargs.setdefault("depth_max_m", self.depth_normalization["max_m"])
-        kwargs["pretrained_backbone"] = False
-        try:
-            return build_amodal_maskrcnn(**kwargs)
-        except (ValueError, TypeError) as exc:
-            raise WeightsError(f"Cannot build the model described by the weights' meta: {exc}") from exc
-
-
-# --------------------------------------------------------------------------- plain-type guard
-def _plain(obj: Any, where: str) -> Any:
-    """``obj`` as types ``torch.load(weights_only=True)`` accepts (Path → str, Namespace → dict,
-    numpy scalars → Python); anything else raises :class:`WeightsError`."""
-    if obj is None:
-        return None
-    for t in (bool, int, float, str):  # exact types: subclasses (e.g. torch's TorchVersion) are not loadable
-        if isinstance(obj, t):
-            return t(obj)
-    if isinstance(obj, torch.Tensor):
-        return obj
-    if isinstance(obj, Path):
-        return str(obj)
-    if isinstance(obj, argparse.Namespace):
-        return _plain(vars(obj), where)
-    if isinstance(obj, dict):
-        out = {}
-        for k, v in obj.items():
-            if not isinstance(k, (str, int)):
-                raise WeightsError(f"{where}: dict keys must be str or int, got {type(k).__name__}.")
-            out[k] = _plain(v, f"{where}.{k}")
-        return out
-    if isinstance(obj, (list, tuple)):
-        return type(obj)(_plain(v, f"{where}[{i}]") for i, v in enumerate(obj))
-    if hasattr(obj, "item") and getattr(obj, "shape", None) == ():  # numpy scalar
-        return obj.item()
-    raise WeightsError(
-        f"{where} holds a {type(obj).__name__}, which a weights-only checkpoint cannot store; "
-        "convert it to plain types (str, numbers, lists, dicts, tensors)."
-    )
-
-
 # --------------------------------------------------------------------------- save
-def _is_safetensors_path(path: str | os.PathLike) -> bool:
-    return Path(path).suffix.lower() == SAFETENSORS_SUFFIX
-
-
 def _atomic_write(path: str | os.PathLike, write: Callable[[str], Any]) -> Path:
     """``write(tmp)`` to a temporary file next to ``path``, then ``os.replace`` it onto ``path``."""
     p = Path(path).expanduser()
@@ -289,35 +112,6 @@ def _atomic_save(obj: dict[str, Any], path: str | os.PathLike) -> Path:
     return _atomic_write(path, lambda tmp: torch.save(obj, tmp))
 
 
-def _safetensors_metadata(meta: ModelMeta) -> dict[str, str]:
-    """The header metadata of our safetensors files (str -> str, as safetensors requires)."""
-    try:
-        meta_json = json.dumps(meta.to_dict())
-    except (TypeError, ValueError) as exc:
-        raise WeightsError(
-            f"meta cannot be stored in a safetensors file, whose metadata is JSON text ({exc}); keep meta to "
-            "str, numbers, lists and dicts, or save to a .pt path."
-        ) from exc
-    return {"format": FORMAT, "version": str(VERSION), "meta": meta_json}
-
-
-def _safetensors_tensors(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """CPU, contiguous tensors of which no two share storage (safetensors refuses shared tensors: tied
-    weights or views of one buffer are written as separate copies)."""
-    out: dict[str, torch.Tensor] = {}
-    seen: set[int] = set()
-    for k, v in state.items():
-        v = v.detach().cpu().contiguous()
-        ptr = v.untyped_storage().data_ptr()
-        if ptr and v.numel():
-            if ptr in seen:
-                v = v.clone()
-                ptr = v.untyped_storage().data_ptr()
-            seen.add(ptr)
-        out[k] = v
-    return out
-
-
 def save_state_dict(path: str | os.PathLike, state: dict[str, torch.Tensor], meta: ModelMeta) -> Path:
     """Write ``state`` (str -> tensor; dtypes kept as they are) with ``meta`` as a weights file, written
     atomically (temporary file in the same directory + ``os.replace``); returns the path.
@@ -332,9 +126,9 @@ def save_state_dict(path: str | os.PathLike, state: dict[str, torch.Tensor], met
     for k, v in state.items():
         if not isinstance(k, str) or not isinstance(v, torch.Tensor):
             raise WeightsError(f"state entry {k!r} is a {type(v).__name__}; a state dict maps str to tensors.")
-    if _is_safetensors_path(path):
-        tensors = _safetensors_tensors(state)
-        metadata = _safetensors_metadata(meta)
+    if is_safetensors_path(path):
+        tensors = safetensors_tensors(state)
+        metadata = safetensors_metadata(meta)
         return _atomic_write(path, lambda tmp: safetensors.torch.save_file(tensors, tmp, metadata=metadata))
     state = {k: v.detach().cpu() for k, v in state.items()}
     return _atomic_save({"format": FORMAT, "version": VERSION, "meta": meta.to_dict(), "model": state}, path)
@@ -344,7 +138,7 @@ def save_checkpoint(path: str | os.PathLike, model: nn.Module, meta: ModelMeta, 
     """Write a full-precision checkpoint (training: pass ``optimizer=opt.state_dict()``,
     ``lr_scheduler=...``, ``args=...``, ``epoch=...``). Written atomically; returns the path.
     Always our ``torch.save`` format: a ``.safetensors`` path is refused (use :func:`save_weights`)."""
-    if _is_safetensors_path(path):
+    if is_safetensors_path(path):
         raise WeightsError(
             f"Cannot write a training checkpoint to {path}: safetensors holds tensors only, not optimizer state "
             "or arguments. Save training checkpoints as .pt, and weights for shipping with "
@@ -357,7 +151,7 @@ def save_checkpoint(path: str | os.PathLike, model: nn.Module, meta: ModelMeta, 
         raise WeightsError(f"{', '.join(sorted(reserved))} are reserved checkpoint keys; pick other names.")
     obj = {"format": FORMAT, "version": VERSION, "meta": meta.to_dict(), "model": model.state_dict()}
     for k, v in extra.items():
-        obj[k] = _plain(v, k)
+        obj[k] = to_plain(v, k)
     return _atomic_save(obj, path)
 
 
@@ -438,8 +232,8 @@ def load_checkpoint(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], M
     p = _checked_path(path)
     kind = weights_file_kind(p)
     if kind == "safetensors":
-        return _load_safetensors(p)
-    if _is_safetensors_path(path) or _is_safetensors_path(p):  # the given name or a symlink's target
+        return load_safetensors(p)
+    if is_safetensors_path(path) or is_safetensors_path(p):  # the given name or a symlink's target
         what = "a torch zip (the pickle-based .pt format)" if kind == "torch-zip" else "no safetensors header"
         raise WeightsError(
             f"{p} is named {SAFETENSORS_SUFFIX} but holds {what}; a {SAFETENSORS_SUFFIX} file is never unpickled. "
@@ -464,88 +258,15 @@ def load_checkpoint(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], M
     version = obj.get("version")
     if isinstance(version, bool) or not isinstance(version, int) or version < 1:
         raise WeightsError(f"{p}: checkpoint 'version' must be a positive integer, got {version!r}.")
-    _check_version(p, version)
+    check_version(p, version)
     state = obj.get("model")
     if not isinstance(state, dict) or not state or not all(
         isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()
     ):
         raise WeightsError(f"{p}: 'model' must be a non-empty state dict of tensors.")
-    meta = _meta_of(p, obj.get("meta"))
+    meta = meta_from_dict(p, obj.get("meta"))
     extra = {k: v for k, v in obj.items() if k not in ("format", "version", "meta", "model")}
     return state, meta, extra
-
-
-def _check_version(p: Path, version: int) -> None:
-    if version > VERSION:
-        raise WeightsError(f"{p} is checkpoint version {version}; this code reads up to {VERSION}. Update the package.")
-
-
-def _meta_of(p: Path, data: Any) -> ModelMeta:
-    try:
-        return ModelMeta.from_dict(data)
-    except WeightsError as exc:
-        raise WeightsError(f"{p}: {exc}") from exc
-
-
-def _load_safetensors(p: Path) -> tuple[dict[str, torch.Tensor], ModelMeta, dict[str, Any]]:
-    """Our safetensors file: header size checked before parsing, metadata validated before any tensor is read."""
-    try:
-        size = p.stat().st_size
-        with open(p, "rb") as f:
-            n = int.from_bytes(f.read(8), "little")
-    except OSError as exc:
-        raise WeightsError(f"Cannot read weights file {p}: {exc}") from exc
-    if n > MAX_SAFETENSORS_HEADER:
-        raise WeightsError(
-            f"{p}: its safetensors header declares {n} bytes, more than the {MAX_SAFETENSORS_HEADER} this loader "
-            "parses; the file is corrupt or not a weights file."
-        )
-    if 8 + n > size:
-        raise WeightsError(
-            f"{p} is truncated: its safetensors header declares {n} bytes but only {max(size - 8, 0)} follow the "
-            "length field. Copy the file again."
-        )
-    try:
-        with safetensors.safe_open(str(p), framework="pt", device="cpu") as f:
-            meta = _safetensors_meta(p, f.metadata(), len(f.keys()))
-            state = {k: f.get_tensor(k) for k in f.keys()}
-    except WeightsError:
-        raise
-    except Exception as exc:  # SafetensorError (bad header, truncated data), OSError ...
-        lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
-        reason = lines[0] if lines else type(exc).__name__
-        raise WeightsError(
-            f"{p} is not a loadable safetensors file ({type(exc).__name__}: {reason[:300]}); it is corrupt or "
-            "truncated. Write it again with save_weights or `isr weights convert`."
-        ) from exc
-    if not state:
-        raise WeightsError(f"{p}: the safetensors file holds no tensors; a weights file needs the model's state dict.")
-    return state, meta, {}
-
-
-def _safetensors_meta(p: Path, md: dict[str, str] | None, n_tensors: int) -> ModelMeta:
-    md = md or {}
-    fmt = md.get("format")
-    if fmt != FORMAT:
-        raise WeightsError(
-            f"{p} is a safetensors file ({n_tensors} tensors) but not an instance_seg_ros weights file: its "
-            f"metadata 'format' is {fmt!r}, expected {FORMAT!r}. Load its tensors into a model from "
-            "build_amodal_maskrcnn and write it with save_weights(path, model, meta); a .pt checkpoint of ours "
-            f"converts with `isr weights convert IN.pt OUT{SAFETENSORS_SUFFIX}`."
-        )
-    raw_version = md.get("version")
-    if not isinstance(raw_version, str) or not re.fullmatch(r"[1-9][0-9]{0,8}", raw_version):
-        raise WeightsError(f"{p}: safetensors metadata 'version' must be a positive integer, got {raw_version!r}.")
-    _check_version(p, int(raw_version))
-    raw_meta = md.get("meta")
-    if raw_meta is None:
-        raise WeightsError(f"{p}: safetensors metadata has no 'meta' (the model's description); write it with "
-                           "save_weights.")
-    try:
-        data = json.loads(raw_meta)
-    except (ValueError, RecursionError) as exc:
-        raise WeightsError(f"{p}: safetensors metadata 'meta' is not valid JSON ({exc}).") from exc
-    return _meta_of(p, data)
 
 
 def _reason(exc: BaseException) -> str:
