@@ -11,10 +11,71 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..core.types import Intrinsics
 from .errors import SceneError
+from .noise import SensorNoise
 from .objects import NUM_RANDOM_URDFS, PRIMITIVES, SUPPORTS, TEXTURES, ObjectSpec, urdf_usable
 
-__all__ = ["SceneConfig", "random_object_spec"]
+__all__ = ["SENSORS", "SIM2REAL", "SceneConfig", "SensorPreset", "random_object_spec", "random_sensor"]
+
+
+@dataclass(frozen=True)
+class SensorPreset:
+    """A family of RGB-D sensors: color focal length range at the native resolution, resolutions, depth principle.
+
+    ``kind``: ``structured`` (Kinect v1, Asus Xtion: projector 7.5 cm beside the IR camera), ``stereo``
+    (RealSense D4xx: 5 cm baseline, IR projector), ``tof`` (Azure Kinect, L515: no baseline shadow; flying pixels
+    and dropout at edges and on dark surfaces instead).
+    """
+
+    name: str
+    fx_640: tuple[float, float]
+    sizes: tuple[tuple[int, int], ...]
+    kind: str
+    baseline: float
+    min_depth: float
+    max_depth: float
+
+
+#: Focal lengths are for a 640-wide image (scaled to the rendered width); the sizes are what the sensor streams.
+SENSORS: tuple[SensorPreset, ...] = (
+    SensorPreset("xtion_kinect1", (520.0, 580.0), ((640, 480),), "structured", 0.075, 0.45, 4.0),
+    SensorPreset("realsense_d4xx", (380.0, 640.0), ((640, 480), (1280, 720)), "stereo", 0.05, 0.15, 3.0),
+    SensorPreset("azure_kinect", (500.0, 620.0), ((640, 576), (1280, 720)), "tof", 0.0, 0.25, 3.5),
+    SensorPreset("l515", (450.0, 470.0), ((640, 480), (1280, 720)), "tof", 0.0, 0.25, 3.5),
+    # narrow-field / calibrated-crop color streams (e.g. Xtion color at full zoom, industrial RGB-D heads)
+    SensorPreset("narrow_fov", (800.0, 1100.0), ((640, 480),), "structured", 0.075, 0.4, 4.0),
+)
+
+
+def random_sensor(rng: np.random.Generator, width: int = 640) -> tuple[str, Intrinsics, SensorNoise]:
+    """A random sensor: its name, intrinsics rendered at ``width`` pixels wide (the stream's aspect ratio kept;
+    principal point within a few pixels of the centre) and a depth noise model of its kind."""
+    preset = SENSORS[int(rng.integers(0, len(SENSORS)))]
+    sw, sh = preset.sizes[int(rng.integers(0, len(preset.sizes)))]
+    height = int(round(width * sh / sw / 2)) * 2
+    f = float(rng.uniform(*preset.fx_640)) * width / 640.0
+    if (sw, sh) == (1280, 720):  # 16:9 streams are wider-angle crops of the same optics
+        f *= 1.0 if preset.kind == "tof" else 1.5 * 480 / 720
+    cx = (width - 1) / 2.0 + float(rng.normal(0, 4))
+    cy = (height - 1) / 2.0 + float(rng.normal(0, 4))
+    k = Intrinsics(f, f * float(rng.uniform(0.995, 1.005)), cx, cy, int(width), int(height))
+    sign = 1.0 if rng.random() < 0.5 else -1.0
+    if preset.kind == "tof":
+        noise = SensorNoise(baseline=0.05, disparity_std=float(rng.uniform(0.02, 0.08)), subpixel=1 / 64,
+                            edge_dropout=float(rng.uniform(0.5, 0.9)), holes_per_megapixel=float(rng.uniform(5, 25)),
+                            min_depth=preset.min_depth, max_depth=preset.max_depth,
+                            correlated_std=float(rng.uniform(0.0, 0.004)), dark_dropout=float(rng.uniform(0.2, 0.7)),
+                            misregistration_px=int(rng.integers(0, 3)), color_std=0.0)
+    else:
+        noise = SensorNoise(baseline=preset.baseline, disparity_std=float(rng.uniform(0.05, 0.2)),
+                            subpixel=1 / 8 if preset.kind == "structured" else 1 / 16,
+                            edge_dropout=float(rng.uniform(0.3, 0.8)), holes_per_megapixel=float(rng.uniform(5, 40)),
+                            min_depth=preset.min_depth, max_depth=preset.max_depth,
+                            correlated_std=float(rng.uniform(0.0, 0.006)),
+                            shadow_baseline=sign * preset.baseline, dark_dropout=float(rng.uniform(0.0, 0.5)),
+                            misregistration_px=int(rng.integers(0, 4)), color_std=0.0)
+    return preset.name, k, noise
 
 
 @dataclass(frozen=True)
@@ -40,8 +101,15 @@ class SceneConfig:
     target_jitter: float = 0.03
     near: float = 0.05
     far: float = 5.0
+    box_aspect: tuple[float, float] = (1.0, 1.0)
+    spawn_spacing_range: tuple[float, float] | None = None
+    floor_probability: float = 0.0
+    #: the view at the target spans at least this many meters across (the camera backs off for long lenses)
+    min_view_width: float = 0.0
 
     def __post_init__(self) -> None:
+        if not 0 <= self.floor_probability <= 1:
+            raise SceneError("floor_probability must be within [0, 1].")
         if not 1 <= self.min_objects <= self.max_objects:
             raise SceneError(
                 f"Need 1 <= min_objects <= max_objects, got {self.min_objects} and {self.max_objects}."
@@ -81,7 +149,9 @@ def random_object_spec(rng: np.random.Generator, cfg: SceneConfig) -> ObjectSpec
     if rng.random() < cfg.primitive_fraction:
         shape = str(rng.choice(PRIMITIVES))
         if shape == "box":
-            size = tuple(rng.uniform(*cfg.box_size, size=3))
+            size = rng.uniform(*cfg.box_size, size=3)
+            size[int(rng.integers(0, 3))] *= float(rng.uniform(*cfg.box_aspect))  # cereal boxes are flat and tall
+            size = tuple(np.minimum(size, max(cfg.box_size[1], 0.3)))
         elif shape == "cylinder":
             size = (float(rng.uniform(*cfg.cylinder_radius)), float(rng.uniform(*cfg.cylinder_length)))
         else:
@@ -94,3 +164,15 @@ def random_object_spec(rng: np.random.Generator, cfg: SceneConfig) -> ObjectSpec
         index = int(rng.integers(0, NUM_RANDOM_URDFS))
     return ObjectSpec("urdf", urdf_index=index, scale=float(rng.uniform(*cfg.urdf_scale)), orientation=quat,
                       color=tuple(float(c) for c in color))
+
+
+#: The training recipe's scene ranges (``isr synth --recipe sim2real``): more boxes and cans of product sizes
+#: (3-30 cm) than odd meshes, piles that touch, stack and lean, a floor beyond the table, cameras from 0.35 to
+#: 1.5 m at 20-90 degrees elevation.
+SIM2REAL = SceneConfig(
+    min_objects=3, max_objects=18, primitive_fraction=0.7, urdf_scale=(0.7, 1.6),
+    box_size=(0.03, 0.2), box_aspect=(1.0, 2.0), cylinder_radius=(0.02, 0.06), cylinder_length=(0.05, 0.25),
+    sphere_radius=(0.025, 0.06), supports=("table", "table", "tray"), spawn_spacing=0.12,
+    spawn_spacing_range=(0.06, 0.14), floor_probability=0.6, camera_distance=(0.35, 1.5),
+    camera_elevation_deg=(20.0, 90.0), camera_roll_deg=8.0, target_jitter=0.08, min_view_width=0.4,
+)

@@ -38,6 +38,7 @@ import pybullet as pb
 
 from ..core.geometry import matrix_to_quaternion, pose_matrix, quaternion_to_matrix
 from ..core.types import Intrinsics
+from .appearance import Appearance
 from .camera import Camera, d435_intrinsics
 from .errors import SceneError
 from .frame import Frame, object_ground_truth
@@ -272,14 +273,15 @@ class Scene:
         the objects stay where they were spawned (a floating grid, no physics)."""
         cfg = config or SceneConfig()
         rng = np.random.default_rng([int(seed), 1])
-        scene = cls(support=str(rng.choice(list(cfg.supports))), seed=seed, config=cfg,
-                    min_visible_pixels=min_visible_pixels, floor=cfg.floor)
+        support = str(rng.choice(list(cfg.supports)))
+        floor = cfg.floor or (cfg.floor_probability > 0 and rng.random() < cfg.floor_probability)
+        scene = cls(support=support, seed=seed, config=cfg, min_visible_pixels=min_visible_pixels, floor=floor)
         try:
             n = int(rng.integers(cfg.min_objects, cfg.max_objects + 1))
             specs = [random_object_spec(rng, cfg) for _ in range(n)]
             # spawn on a grid of cells (3x3 per layer), jittered, layer by layer
             cols = 3
-            spacing = cfg.spawn_spacing
+            spacing = cfg.spawn_spacing if cfg.spawn_spacing_range is None else float(rng.uniform(*cfg.spawn_spacing_range))
             cells = rng.permutation(max(n, cols * cols * math.ceil(n / (cols * cols))))[:n]
             z0 = scene.support_top_z + 0.02
             for spec, cell in zip(specs, cells, strict=True):
@@ -362,13 +364,15 @@ class Scene:
             rng = np.random.default_rng([self.seed, 2, 0 if seed is None else int(seed)])
         cfg = self.config
         target = self.objects_center() + rng.normal(0.0, cfg.target_jitter, size=3) * np.array([1, 1, 0.3])
+        k = intrinsics or d435_intrinsics()
+        distance = max(float(rng.uniform(*cfg.camera_distance)), cfg.min_view_width * k.fx / k.width)
         return Camera.orbit(
             target,
-            distance=float(rng.uniform(*cfg.camera_distance)),
+            distance=distance,
             elevation_deg=float(rng.uniform(*cfg.camera_elevation_deg)),
             azimuth_deg=float(rng.uniform(0, 360)),
             roll_deg=float(rng.uniform(-cfg.camera_roll_deg, cfg.camera_roll_deg)),
-            intrinsics=intrinsics or d435_intrinsics(),
+            intrinsics=k,
             near=cfg.near,
             far=cfg.far,
         )
@@ -406,6 +410,7 @@ class Scene:
         amodal: bool = True,
         noise: SensorNoise | None = None,
         seed: int | None = None,
+        appearance: Appearance | None = None,
     ) -> Frame:
         """Render one frame with its ground truth.
 
@@ -415,7 +420,11 @@ class Scene:
                 restricted to the object's projected window). False is faster (a camera node that only needs
                 images): ``amodal_mask`` is None and occlusion NaN.
             noise: a sensor noise model for ``depth`` (and ``color``); ``depth_true`` stays noise-free.
-            seed: seeds the noise; default: derived from the scene seed and a per-scene render counter.
+            seed: seeds the noise (and appearance); default: derived from the scene seed and a per-scene render
+                counter.
+            appearance: re-renders ``color`` with random textures, lighting and camera effects (see
+                :mod:`~instance_seg_ros.sim.appearance`); highlights and dark surfaces then also lose depth when
+                the noise model says so. The ground truth is unchanged.
 
         Returns:
             The :class:`Frame`; identical for identical scene, camera and seed.
@@ -479,16 +488,28 @@ class Scene:
             ))
 
         depth_true = depth
+        frame = Frame(color=color, depth=depth, depth_true=depth_true, visible_ids=visible_ids, intrinsics=k,
+                      world_to_camera=np.array(w2c), objects=objects, camera=camera)
+        key = self._renders if seed is None else int(seed)
+        glare = None
+        t3 = time.perf_counter()
+        if appearance is not None:
+            color, glare, _ = appearance.apply(frame, np.random.default_rng([self.seed, 4, key]),
+                                               support_z=self.support_top_z if self.support != "none" else None)
+        t4 = time.perf_counter()
         if noise is not None:
-            rng = np.random.default_rng([self.seed, 3, self._renders if seed is None else int(seed)])
-            depth = noise.apply_depth(depth_true, k.fx, rng)
+            rng = np.random.default_rng([self.seed, 3, key])
+            depth = noise.apply_depth(depth_true, k.fx, rng, color=color if appearance is not None else None,
+                                      glare=glare)
             color = noise.apply_color(color, rng)
         self._renders += 1
-        t3 = time.perf_counter()
-        timings = {"render": (t1 - t0) * 1e3, "amodal": (t2 - t1) * 1e3, "ground_truth": (t3 - t2) * 1e3}
+        t5 = time.perf_counter()
+        timings = {"render": (t1 - t0) * 1e3, "amodal": (t2 - t1) * 1e3,
+                   "ground_truth": (t3 - t2 + t5 - t4) * 1e3}
+        if appearance is not None:
+            timings["appearance"] = (t4 - t3) * 1e3
         timings["total"] = sum(timings.values())
-        return Frame(color=color, depth=depth, depth_true=depth_true, visible_ids=visible_ids, intrinsics=k,
-                     world_to_camera=np.array(w2c), objects=objects, camera=camera, timings=timings)
+        return dataclasses.replace(frame, color=color, depth=depth, timings=timings)
 
 
 def _replace(spec: ObjectSpec, **changes: Any) -> ObjectSpec:

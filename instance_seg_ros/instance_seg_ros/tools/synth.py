@@ -19,6 +19,7 @@ is missing (every file is written to a temporary name and renamed; the fragment 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
@@ -30,6 +31,11 @@ from typing import Any
 __all__ = ["SynthError", "SynthParams", "add_arguments", "render_scene", "run", "scene_seed", "synthesize"]
 
 SEED_STRIDE = 100003
+#: ``plain``: flat-colored objects, D435 intrinsics, the default scene ranges. ``sim2real`` (the training recipe,
+#: see MODEL.md): textured objects and surfaces, flat clutter, random lighting and camera effects
+#: (:mod:`~instance_seg_ros.sim.appearance`), product-like object sizes and piles (``randomization.SIM2REAL``), a
+#: random sensor per view (``randomization.SENSORS``: focal length, aspect ratio, depth noise of its kind).
+RECIPES = ("plain", "sim2real")
 DEPTH_SCALE = 0.001  # meters per unit of the 16-bit depth PNGs
 
 
@@ -50,6 +56,7 @@ class SynthParams:
     noise: bool = False
     supports: tuple[str, ...] = ("table", "tray")
     min_visible_pixels: int = 20
+    recipe: str = "plain"
 
     def __post_init__(self) -> None:
         if not (16 <= self.width <= 4096 and 16 <= self.height <= 4096):
@@ -61,6 +68,8 @@ class SynthParams:
             raise SynthError(f"--views-per-scene must be within 1..1000, got {self.views_per_scene}.")
         if self.seed < 0:
             raise SynthError(f"--seed must be >= 0, got {self.seed}.")
+        if self.recipe not in RECIPES:
+            raise SynthError(f"--recipe must be one of {', '.join(RECIPES)}, got {self.recipe!r}.")
         if self.min_visible_pixels < 1:
             raise SynthError(f"min_visible_pixels must be >= 1, got {self.min_visible_pixels}.")
 
@@ -117,20 +126,30 @@ def render_scene(out: str | Path, index: int, params: SynthParams) -> dict[str, 
     from ..core.images import encode_depth_16uc1
     from ..sim.camera import d435_intrinsics
     from ..sim.noise import SensorNoise
-    from ..sim.randomization import SceneConfig
+    from ..sim.appearance import Appearance
+    from ..sim.randomization import SIM2REAL, SceneConfig, random_sensor
     from ..sim.scene import Scene
 
     out = Path(out)
     seed = scene_seed(params.seed, index)
-    cfg = SceneConfig(min_objects=params.min_objects, max_objects=params.max_objects, supports=params.supports)
+    sim2real = params.recipe == "sim2real"
+    base = SIM2REAL if sim2real else SceneConfig()
+    cfg = dataclasses.replace(base, min_objects=params.min_objects, max_objects=params.max_objects,
+                              supports=params.supports)
     k = d435_intrinsics(params.width, params.height)
     noise = SensorNoise() if params.noise else None
+    appearance = Appearance() if sim2real else None
+    sensor = "d435"
     images, annotations = [], []
     with Scene.random(seed, cfg, min_visible_pixels=params.min_visible_pixels) as scene:
         for view in range(params.views_per_scene):
             number = index * params.views_per_scene + view
             name = f"{number:06d}.png"
-            frame = scene.render(scene.random_camera(seed=view, intrinsics=k), noise=noise, seed=view)
+            if sim2real:
+                sensor, k, sensor_noise = random_sensor(np.random.default_rng([seed, 5, view]), params.width)
+                noise = sensor_noise if params.noise else None
+            frame = scene.render(scene.random_camera(seed=view, intrinsics=k), noise=noise, seed=view,
+                                 appearance=appearance)
             _atomic_write_bytes(out / "color" / name, _png(frame.color))
             _atomic_write_bytes(out / "depth" / name, _png(encode_depth_16uc1(frame.depth, scale=DEPTH_SCALE)))
             image_id = number + 1
@@ -140,6 +159,7 @@ def render_scene(out: str | Path, index: int, params: SynthParams) -> dict[str, 
                 "intrinsics": {"fx": k.fx, "fy": k.fy, "cx": k.cx, "cy": k.cy},
                 "camera_pose": [_r(row) for row in frame.world_to_camera],
                 "scene_index": index, "scene_seed": seed, "view_index": view, "support": scene.support,
+                "sensor": sensor,
             })
             for o in frame.ground_truth:
                 annotations.append({
@@ -293,6 +313,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--noise", action="store_true", help="D435-like depth noise (and slight color noise)")
     parser.add_argument("--supports", default=",".join(d.supports),
                         help="comma-separated supports to draw from: table, tray, none (default table,tray)")
+    parser.add_argument("--recipe", choices=RECIPES, default=d.recipe,
+                        help="plain: flat colors, D435 (default); sim2real: the training recipe (textures, clutter, "
+                             "lighting, random sensors; see MODEL.md)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
@@ -301,7 +324,7 @@ def run(args: argparse.Namespace) -> int:
         params = SynthParams(
             seed=args.seed, width=args.width, height=args.height, min_objects=args.min_objects,
             max_objects=args.max_objects, views_per_scene=args.views_per_scene, noise=bool(args.noise),
-            supports=tuple(s.strip() for s in args.supports.split(",") if s.strip()),
+            supports=tuple(s.strip() for s in args.supports.split(",") if s.strip()), recipe=args.recipe,
         )
         from ..sim.randomization import SceneConfig
 

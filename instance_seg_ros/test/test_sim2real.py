@@ -1,0 +1,200 @@
+"""The sim-to-real generator: procedural textures, appearance randomisation, sensor-like depth noise, random sensors
+and the ``isr synth --recipe sim2real`` training recipe. Real PyBullet renders, no mocks."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from instance_seg_ros.core.types import Intrinsics
+from instance_seg_ros.sim.appearance import Appearance, surface_normals
+from instance_seg_ros.sim.camera import Camera, d435_intrinsics
+from instance_seg_ros.sim.errors import SceneError
+from instance_seg_ros.sim.noise import SensorNoise
+from instance_seg_ros.sim.objects import ObjectSpec
+from instance_seg_ros.sim.randomization import SENSORS, SIM2REAL, random_sensor
+from instance_seg_ros.sim.scene import Scene
+from instance_seg_ros.sim.textures import SURFACE_STYLES, packaging_texture, sheet_texture, surface_texture
+
+
+def _rng(seed: int = 0) -> np.random.Generator:
+    return np.random.default_rng(seed)
+
+
+# ------------------------------------------------------------------------------------------------ textures
+def test_textures_are_seeded_and_not_flat():
+    a, b = packaging_texture(_rng(3)), packaging_texture(_rng(3))
+    assert a.shape == (256, 256, 3) and a.dtype == np.uint8
+    assert np.array_equal(a, b)
+    assert not np.array_equal(a, packaging_texture(_rng(4)))
+    # a package print is not one flat color: many distinct colors across 20 draws
+    stds = [packaging_texture(_rng(s)).reshape(-1, 3).std(axis=0).mean() for s in range(20)]
+    assert np.median(stds) > 10
+    for style in SURFACE_STYLES:
+        t = surface_texture(_rng(1), 64, style=style)
+        assert t.shape == (64, 64, 3) and t.dtype == np.uint8
+    assert sheet_texture(_rng(2)).shape == (256, 256, 3)
+
+
+def test_surface_normals_of_a_tilted_plane():
+    k = d435_intrinsics(64, 48)
+    us, vs = np.meshgrid(np.arange(64.0), np.arange(48.0))
+    z = 1.0 + 0.002 * us  # a plane tilted about the y axis
+    pts = np.stack([(us - k.cx) / k.fx * z, (vs - k.cy) / k.fy * z, z], axis=-1)
+    n = surface_normals(pts)
+    expect = np.array([0.002 * k.fx, 0.0, -1.0])  # -dz/dx * fx/z ... normal of z = 1 + a*x_cam*fx/z
+    expect /= np.linalg.norm(expect)
+    inner = n[5:-5, 5:-5].reshape(-1, 3)
+    assert np.all(inner[:, 2] < 0)  # facing the camera
+    assert np.abs(inner[:, 1]).max() < 1e-3
+    assert np.all(np.sign(inner[:, 0]) == np.sign(expect[0]))
+
+
+# ------------------------------------------------------------------------------------------------ appearance
+@pytest.fixture(scope="module")
+def rendered():
+    cam = Camera.look_at((0.0, -0.45, 1.15), (0.0, 0.0, 0.63), intrinsics=d435_intrinsics(160, 120))
+    specs = [ObjectSpec("box", size=(0.08, 0.06, 0.1), position=(-0.06, 0.0, 0.68)),
+             ObjectSpec("cylinder", size=(0.035, 0.12), position=(0.07, 0.02, 0.69))]
+    with Scene.from_spec(specs, support="table", seed=5) as scene:
+        frame = scene.render(cam)
+        yield scene, cam, frame
+
+
+def test_appearance_textures_objects_and_keeps_ground_truth(rendered):
+    scene, cam, frame = rendered
+    look = Appearance(object_texture_probability=1.0, sheets=(0, 0)).apply(frame, _rng(1), support_z=0.625)
+    again = Appearance(object_texture_probability=1.0, sheets=(0, 0)).apply(frame, _rng(1), support_z=0.625)
+    assert look.color.shape == frame.color.shape and look.color.dtype == np.uint8
+    assert np.array_equal(look.color, again.color)  # seeded
+    assert look.glare.shape == frame.visible_ids.shape and look.glare.dtype == bool
+    for o in frame.ground_truth:
+        inside = o.visible_mask
+        # TinyRenderer's flat colors vary only with shading; a print varies much more
+        flat = frame.color[inside].astype(float).std(axis=0).mean()
+        printed = look.color[inside].astype(float).std(axis=0).mean()
+        assert printed > flat
+    # the same scene rendered with appearance: identical ground truth, different color
+    styled = scene.render(cam, appearance=Appearance(), seed=0)
+    assert np.array_equal(styled.visible_ids, frame.visible_ids)
+    for a, b in zip(styled.ground_truth, frame.ground_truth, strict=True):
+        assert np.array_equal(a.visible_mask, b.visible_mask) and np.array_equal(a.amodal_mask, b.amodal_mask)
+    assert not np.array_equal(styled.color, frame.color)
+    assert "appearance" in styled.timings
+
+
+def test_flat_sheets_are_background(rendered):
+    _, _, frame = rendered
+    hits = 0
+    for seed in range(6):
+        look = Appearance(sheets=(3, 3)).apply(frame, _rng(seed), support_z=0.625)
+        assert not (look.sheets & (frame.visible_ids > 0)).any()  # never on an object: objects hide them
+        hits += int(look.sheets.sum())
+    assert hits > 0  # sheets were drawn on the table
+
+
+def test_appearance_rejects_bad_ranges():
+    with pytest.raises(SceneError):
+        Appearance(glossy_object_probability=1.5)
+    with pytest.raises(SceneError):
+        Appearance(exposure=(1.2, 0.8))
+
+
+# ------------------------------------------------------------------------------------------------ depth noise
+def _step_depth(h=60, w=200, near=0.6, far=1.0):
+    d = np.full((h, w), far, np.float32)
+    d[:, 100:140] = near
+    return d
+
+
+def test_projector_shadow_band_width_and_side():
+    fx, b = 570.0, 0.075
+    d = _step_depth()
+    quiet = dict(disparity_std=0.0, edge_dropout=0.0, holes_per_megapixel=0.0, color_std=0.0)
+    right = SensorNoise(baseline=b, shadow_baseline=b, **quiet).apply_depth(d, fx, _rng(0))
+    left = SensorNoise(baseline=b, shadow_baseline=-b, **quiet).apply_depth(d, fx, _rng(0))
+    expect = fx * b * (1 / 0.6 - 1 / 1.0)  # ~28.5 px of background the projector cannot see
+    band_r = np.isnan(right[30]).nonzero()[0]
+    band_l = np.isnan(left[30]).nonzero()[0]
+    # projector to the right: the band lies left of the near object, and vice versa
+    assert band_r.size and band_r.max() < 100 and abs(band_r.size - expect) <= 2
+    assert band_l.size and band_l.min() >= 140 and abs(band_l.size - expect) <= 2
+    # the near object itself keeps its depth
+    assert np.isfinite(right[:, 100:140]).all() and np.isfinite(left[:, 100:140]).all()
+
+
+def test_depth_noise_grows_with_distance_and_has_a_correlated_part():
+    fx = 600.0
+    noise = SensorNoise(edge_dropout=0.0, holes_per_megapixel=0.0, color_std=0.0)
+    rms = []
+    for z in (0.5, 1.0, 2.0):
+        d = np.full((120, 160), z, np.float32)
+        out = noise.apply_depth(d, fx, _rng(1))
+        rms.append(float(np.sqrt(np.nanmean((out - z) ** 2))))
+    # disparity noise: sigma_z = z^2 * sigma_d / (fx * b): expected 0.67, 2.7, 10.7 mm (+ quantisation)
+    assert 0.0004 < rms[0] < 0.002 and 0.0015 < rms[1] < 0.005 and 0.006 < rms[2] < 0.018
+    assert rms[0] < rms[1] < rms[2]
+    smooth = SensorNoise(disparity_std=0.0, subpixel=1e-4, edge_dropout=0.0, holes_per_megapixel=0.0,
+                         correlated_std=0.005, color_std=0.0)
+    d = np.full((120, 160), 1.0, np.float32)
+    out = smooth.apply_depth(d, fx, _rng(2)) - 1.0
+    assert 0.001 < float(np.nanstd(out)) < 0.015  # a bias of millimetres ...
+    assert float(np.nanstd(np.diff(out, axis=1))) < 0.1 * float(np.nanstd(out))  # ... that varies slowly
+
+
+def test_dark_and_glare_pixels_lose_depth():
+    d = np.full((40, 40), 0.8, np.float32)
+    color = np.full((40, 40, 3), 200, np.uint8)
+    color[:, :20] = 5  # dark half
+    glare = np.zeros((40, 40), bool)
+    glare[30:, 30:] = True
+    noise = SensorNoise(disparity_std=0.0, edge_dropout=0.0, holes_per_megapixel=0.0, dark_dropout=1.0)
+    out = noise.apply_depth(d, 600.0, _rng(0), color=color, glare=glare)
+    assert np.isnan(out[:, :20]).all() and np.isnan(out[30:, 30:]).all()
+    assert np.isfinite(out[:30, 20:]).all()
+
+
+def test_default_noise_is_unchanged_by_the_new_options():
+    d = np.random.default_rng(0).uniform(0.4, 1.5, size=(48, 64)).astype(np.float32)
+    a = SensorNoise().apply_depth(d, 600.0, _rng(9))
+    b = SensorNoise(correlated_std=0.0, shadow_baseline=0.0, dark_dropout=0.0).apply_depth(d, 600.0, _rng(9))
+    np.testing.assert_array_equal(a, b)
+
+
+# ------------------------------------------------------------------------------------------------ sensors, recipe
+def test_random_sensor_draws_real_sensor_families():
+    seen = set()
+    for s in range(60):
+        name, k, noise = random_sensor(_rng(s), 640)
+        assert isinstance(k, Intrinsics) and k.width == 640 and k.height in (360, 480, 576)
+        assert 250 < k.fx < 1200 and abs(k.cx - 319.5) < 20
+        assert noise.max_depth > noise.min_depth
+        seen.add(name)
+        again = random_sensor(_rng(s), 640)
+        assert again[0] == name and again[1] == k
+    assert seen == {p.name for p in SENSORS}
+
+
+def test_sim2real_scene_config_ranges():
+    assert SIM2REAL.camera_distance[0] <= 0.35 and SIM2REAL.camera_distance[1] >= 1.5
+    assert SIM2REAL.camera_elevation_deg == (20.0, 90.0)
+    assert SIM2REAL.box_size[1] * SIM2REAL.box_aspect[1] >= 0.3 and SIM2REAL.box_size[0] <= 0.03
+
+
+def test_synth_sim2real_recipe(tmp_path):
+    from instance_seg_ros.tools.synth import SynthError, SynthParams, synthesize
+
+    params = SynthParams(seed=3, width=160, height=120, min_objects=3, max_objects=5, noise=True,
+                         recipe="sim2real", views_per_scene=2)
+    summary = synthesize(tmp_path / "s", 2, params, progress=False)
+    coco = json.loads((tmp_path / "s" / "annotations.json").read_text())
+    assert summary["images"] == 4 and len(coco["annotations"]) > 0
+    sensors = {im["sensor"] for im in coco["images"]}
+    assert sensors <= {p.name for p in SENSORS}
+    for im in coco["images"]:
+        assert im["width"] == 160 and im["height"] in (90, 120, 144)
+    assert json.loads((tmp_path / "s" / "synth_params.json").read_text())["recipe"] == "sim2real"
+    with pytest.raises(SynthError):
+        SynthParams(recipe="photoreal")
