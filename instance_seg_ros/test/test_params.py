@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import re
 import sys
 import types
 from pathlib import Path
@@ -115,9 +116,21 @@ def test_default_yaml_lists_every_parameter_with_its_default():
 
 
 # ---------------------------------------------------------------------------------------- launch files
+# launch / launch_ros have no wheels (test_launch.py runs the launch files with the real ones where they are
+# installed); here each name the launch files import is a stand-in that records its constructor arguments, and
+# the tests run generate_launch_description and the OpaqueFunctions (and follow sim.launch.py's include) on a
+# plain dict of argument values. lifecycle_msgs is the real package.
 class _Recorder:
     def __init__(self, *args, **kwargs):
         self.args, self.kwargs = args, kwargs
+
+    def __repr__(self):
+        return f"{type(self).__name__}(*{self.args!r}, **{self.kwargs!r})"
+
+
+def _recorder(name: str) -> type[_Recorder]:
+    """A _Recorder class named ``name``, so that a test can tell a LifecycleNode from a Node."""
+    return type(name, (_Recorder,), {})
 
 
 class _LaunchConfiguration:
@@ -128,32 +141,76 @@ class _LaunchConfiguration:
         return context[self.name]
 
 
+class _ThisLaunchFileDir:
+    def perform(self, context):
+        return str(LAUNCH_DIR)
+
+
+STUBS = {  # module -> names in it
+    "launch": ["LaunchDescription"],
+    "launch.actions": ["DeclareLaunchArgument", "OpaqueFunction", "EmitEvent", "RegisterEventHandler",
+                       "IncludeLaunchDescription"],
+    "launch.events": ["matches_action"],
+    "launch.launch_description_sources": ["PythonLaunchDescriptionSource"],
+    "launch.substitutions": [],
+    "launch_ros": [],
+    "launch_ros.actions": ["Node", "LifecycleNode"],
+    "launch_ros.event_handlers": ["OnStateTransition"],
+    "launch_ros.events": [],
+    "launch_ros.events.lifecycle": ["ChangeState"],
+    "ament_index_python": [],
+    "ament_index_python.packages": [],
+}
+
+
 def _stub_launch(monkeypatch, share: Path) -> None:
     """Minimal stand-ins for launch / launch_ros / ament_index (not installable here) that record the calls."""
-    mods = {name: types.ModuleType(name) for name in (
-        "launch", "launch.actions", "launch.substitutions", "launch_ros", "launch_ros.actions",
-        "ament_index_python", "ament_index_python.packages")}
-    mods["launch"].LaunchDescription = _Recorder
-    mods["launch.actions"].DeclareLaunchArgument = _Recorder
-    mods["launch.actions"].OpaqueFunction = _Recorder
+    mods = {name: types.ModuleType(name) for name in STUBS}
+    for module, names in STUBS.items():
+        for name in names:
+            setattr(mods[module], name, _recorder(name))
     mods["launch.substitutions"].LaunchConfiguration = _LaunchConfiguration
-    mods["launch_ros.actions"].Node = _Recorder
+    mods["launch.substitutions"].ThisLaunchFileDir = _ThisLaunchFileDir
     mods["ament_index_python.packages"].get_package_share_directory = lambda pkg: str(share)
     for name, mod in mods.items():
         monkeypatch.setitem(sys.modules, name, mod)
 
 
-def _launch(monkeypatch, file: str, **args: str):
-    _stub_launch(monkeypatch, PKG_DIR)
-    spec = importlib.util.spec_from_file_location(file.replace(".", "_"), LAUNCH_DIR / file)
+def _performed(value, context) -> str:
+    return value.perform(context) if hasattr(value, "perform") else value
+
+
+def _declared(ld) -> dict:
+    (entities,) = ld.args
+    return {e.args[0]: e for e in entities if type(e).__name__ == "DeclareLaunchArgument"}
+
+
+def _run(path: Path, args: dict[str, str]) -> tuple[dict, list]:
+    """generate_launch_description of the file at ``path``; its declared arguments and what it launches with
+    ``args``: OpaqueFunctions' entities in place of the functions, an IncludeLaunchDescription followed."""
+    spec = importlib.util.spec_from_file_location(path.name.replace(".", "_"), path)
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     ld = mod.generate_launch_description()
-    (entities,) = ld.args
-    declared = {e.args[0]: e.kwargs["default_value"] for e in entities if "default_value" in e.kwargs}
-    (opaque,) = [e for e in entities if "function" in e.kwargs]
-    context = {**declared, **args}
-    return declared, opaque.kwargs["function"](context)
+    declared = _declared(ld)
+    context = {name: e.kwargs["default_value"] for name, e in declared.items()} | args
+    entities = []
+    for e in ld.args[0]:
+        if type(e).__name__ == "OpaqueFunction":
+            entities += e.kwargs["function"](context)
+        elif type(e).__name__ == "IncludeLaunchDescription":
+            (source,) = e.args
+            (parts,) = source.args
+            included = Path("".join(_performed(p, context) for p in parts))
+            entities += _run(included, {k: _performed(v, context) for k, v in e.kwargs["launch_arguments"]})[1]
+        elif type(e).__name__ != "DeclareLaunchArgument":
+            entities.append(e)
+    return declared, entities
+
+
+def _launch(monkeypatch, file: str, **args: str) -> tuple[dict, list]:
+    _stub_launch(monkeypatch, PKG_DIR)
+    return _run(LAUNCH_DIR / file, args)
 
 
 @pytest.mark.parametrize(
@@ -167,35 +224,116 @@ def _launch(monkeypatch, file: str, **args: str):
 )
 def test_instance_seg_launch_presets(monkeypatch, camera, image, depth, info, params):
     declared, (node,) = _launch(monkeypatch, "instance_seg.launch.py", camera=camera)
-    assert set(declared) >= {"camera", "namespace", "params_file", "use_sim_time", "managed"}
+    assert set(declared) >= {"camera", "namespace", "params_file", "use_sim_time", "managed", "autostart",
+                             "input_reliability", "image", "depth", "camera_info"}
+    assert type(node).__name__ == "Node"
     kw = node.kwargs
     assert kw["executable"] == "instance_seg_node" and kw["package"] == "instance_seg_ros"
+    assert kw["name"] == "instance_seg_node" and kw["namespace"] == ""
     assert dict(kw["remappings"]) == {"image": image, "image/compressed": image + "/compressed", "depth": depth,
                                       "camera_info": info}
     params_file, overrides = kw["parameters"]
     assert Path(params_file) == CONFIG_DIR / params and Path(params_file).exists()
-    assert overrides == {"use_sim_time": False, "managed": False}
+    assert overrides == {"use_sim_time": False, "managed": False}  # no input_reliability: the file decides
 
 
-def test_instance_seg_launch_overrides(monkeypatch):
+def test_instance_seg_launch_declares_choices(monkeypatch):
+    """launch refuses a value outside an argument's choices (camera:=kinect) before any OpaqueFunction runs."""
+    declared, _ = _launch(monkeypatch, "instance_seg.launch.py")
+    assert declared["camera"].kwargs["choices"] == ["realsense", "gazebo", "generic"]
+    assert declared["camera"].kwargs["default_value"] == "realsense"
+    assert declared["input_reliability"].kwargs["choices"] == ["", "best_effort", "reliable"]
+
+
+def test_instance_seg_launch_overrides(monkeypatch, tmp_path):
+    params = tmp_path / "p.yaml"
+    params.write_text("/**:\n  ros__parameters: {}\n")
     _, (node,) = _launch(monkeypatch, "instance_seg.launch.py", camera="generic", image="/left/rgb",
-                         params_file="/tmp/p.yaml", use_sim_time="true", managed="True", namespace="left")
+                         depth="/left/depth", camera_info="/left/rgb/camera_info", params_file=f" {params} ",
+                         use_sim_time="true", namespace="left", input_reliability="reliable")
     kw = node.kwargs
-    assert dict(kw["remappings"])["image/compressed"] == "/left/rgb/compressed"
-    assert kw["parameters"] == ["/tmp/p.yaml", {"use_sim_time": True, "managed": True}]
+    assert dict(kw["remappings"]) == {"image": "/left/rgb", "image/compressed": "/left/rgb/compressed",
+                                      "depth": "/left/depth", "camera_info": "/left/rgb/camera_info"}
+    assert kw["parameters"] == [str(params), {"use_sim_time": True, "managed": False,
+                                              "qos.input_reliability": "reliable"}]
     assert kw["namespace"] == "left"
-    with pytest.raises(RuntimeError, match="not a preset"):
-        _launch(monkeypatch, "instance_seg.launch.py", camera="kinect")
+    _, (node,) = _launch(monkeypatch, "instance_seg.launch.py", camera="realsense", image="/cam/rgb")
+    remap = dict(node.kwargs["remappings"])  # an override replaces one topic, the preset keeps the others
+    assert remap["image"] == "/cam/rgb" and remap["depth"] == "/camera/camera/aligned_depth_to_color/image_raw"
+
+
+@pytest.mark.parametrize("name", ["missing.yaml", "config"])  # no such file; a directory
+def test_instance_seg_launch_refuses_missing_params_file(monkeypatch, tmp_path, name):
+    """launch_ros itself would only log a missing parameters file and start the node on its defaults."""
+    (tmp_path / "config").mkdir()
+    path = str(tmp_path / name)
+    with pytest.raises(ValueError, match=re.escape(f"params_file:={path} does not exist (or is not a file)")):
+        _launch(monkeypatch, "instance_seg.launch.py", camera="gazebo", params_file=path)
+
+
+@pytest.mark.parametrize("managed", ["true", "True", "1"])
+def test_instance_seg_launch_managed(monkeypatch, managed):
+    _, (node,) = _launch(monkeypatch, "instance_seg.launch.py", managed=managed)
+    assert type(node).__name__ == "LifecycleNode"  # waits in unconfigured: no transition is emitted
+    kw = node.kwargs
+    assert kw["executable"] == "instance_seg_node" and kw["name"] == "instance_seg_node"
+    assert kw["parameters"][1] == {"use_sim_time": False, "managed": True}
+    _, (node,) = _launch(monkeypatch, "instance_seg.launch.py", autostart="true")  # autostart needs managed
+    assert type(node).__name__ == "Node" and node.kwargs["parameters"][1]["managed"] is False
+
+
+def test_instance_seg_launch_managed_autostart(monkeypatch):
+    from lifecycle_msgs.msg import Transition
+
+    _, entities = _launch(monkeypatch, "instance_seg.launch.py", managed="true", autostart="true")
+    assert [type(e).__name__ for e in entities] == ["RegisterEventHandler", "LifecycleNode", "EmitEvent"]
+    handler, node, configure = entities
+
+    def change_state(emit):
+        event = emit.kwargs["event"]
+        assert type(event).__name__ == "ChangeState"
+        matcher = event.kwargs["lifecycle_node_matcher"]
+        assert type(matcher).__name__ == "matches_action" and matcher.args == (node,)
+        return event.kwargs["transition_id"]
+
+    assert change_state(configure) == Transition.TRANSITION_CONFIGURE  # as soon as the node is up
+    (on_transition,) = handler.args
+    assert type(on_transition).__name__ == "OnStateTransition"
+    assert on_transition.kwargs["target_lifecycle_node"] is node and on_transition.kwargs["goal_state"] == "inactive"
+    (activate,) = on_transition.kwargs["entities"]  # then activate, once configured
+    assert type(activate).__name__ == "EmitEvent" and change_state(activate) == Transition.TRANSITION_ACTIVATE
 
 
 def test_sim_launch(monkeypatch):
     declared, nodes = _launch(monkeypatch, "sim.launch.py")
-    assert declared["use_sim_time"] == "true"
+    assert declared["use_sim_time"].kwargs["default_value"] == "true"
+    assert declared["namespace"].kwargs["default_value"] == "sim"
+    assert [type(n).__name__ for n in nodes] == ["Node", "Node"]
     by_exe = {n.kwargs["executable"]: n.kwargs for n in nodes}
     assert set(by_exe) == {"sim_camera_node", "instance_seg_node"}
-    assert by_exe["sim_camera_node"]["namespace"] == by_exe["instance_seg_node"]["namespace"] == "sim"
-    params_file, overrides = by_exe["instance_seg_node"]["parameters"]
-    assert Path(params_file).exists() and overrides["use_sim_time"] is True
+    camera, seg = by_exe["sim_camera_node"], by_exe["instance_seg_node"]
+    assert camera["namespace"] == seg["namespace"] == "sim"
+    assert camera["parameters"] == [{"use_sim_time": True, "qos.reliability": "reliable"}]
+    params_file, overrides = seg["parameters"]  # camera:=generic: default.yaml, the camera's own topic names
+    assert Path(params_file) == CONFIG_DIR / "default.yaml"
+    assert overrides == {"use_sim_time": True, "managed": False, "qos.input_reliability": "reliable"}
+    assert dict(seg["remappings"]) == {"image": "image", "image/compressed": "image/compressed", "depth": "depth",
+                                       "camera_info": "camera_info"}
+
+
+def test_sim_launch_passes_arguments_on(monkeypatch, tmp_path):
+    params = tmp_path / "p.yaml"
+    params.write_text("/**:\n  ros__parameters: {}\n")
+    _, entities = _launch(monkeypatch, "sim.launch.py", namespace="sim2", params_file=str(params),
+                          use_sim_time="false", managed="true", autostart="true")
+    assert [type(e).__name__ for e in entities] == ["Node", "RegisterEventHandler", "LifecycleNode", "EmitEvent"]
+    camera, _, seg, _ = entities
+    assert camera.kwargs["namespace"] == seg.kwargs["namespace"] == "sim2"
+    assert camera.kwargs["parameters"][0]["use_sim_time"] is False
+    assert seg.kwargs["parameters"] == [str(params), {"use_sim_time": False, "managed": True,
+                                                      "qos.input_reliability": "reliable"}]
+    with pytest.raises(ValueError, match="does not exist"):
+        _launch(monkeypatch, "sim.launch.py", params_file=str(tmp_path / "missing.yaml"))
 
 
 @pytest.mark.parametrize(
