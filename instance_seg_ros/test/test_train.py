@@ -475,3 +475,46 @@ def test_torchrun_two_cpu_processes(rects, runs, tmp_path):
     rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
     assert [(r["iteration"], r["num_images"]) for r in rows] == [(1, 2), (2, 6)]  # the final evaluation uses all
     assert (out / "checkpoint_best.pt").is_file()
+
+
+# =========================================================================== RGB -> RGB-D fine-tuning
+def test_modality_dropout_removes_depth_or_color(rects):
+    ds = AmodalCocoDataset(rects, skip_empty=True)
+    sample = ds[0]
+    aug = Augment(AugmentConfig.none().__class__(**{**AugmentConfig.none().__dict__, "modality_dropout": 1.0}))
+    kinds = set()
+    for seed in range(12):
+        out = aug(sample, np.random.default_rng(seed))
+        if np.isnan(out.depth).all():
+            kinds.add("depth")
+            assert np.array_equal(out.color, sample.color)
+        else:
+            kinds.add("color")
+            assert (out.color == 128).all() and np.array_equal(out.depth, sample.depth, equal_nan=True)
+    assert kinds == {"depth", "color"}
+    with pytest.raises(AugmentError, match="modality_dropout"):
+        AugmentConfig(modality_dropout=1.5)
+    # off by default: the stream of an existing recipe is unchanged
+    a = Augment(AugmentConfig())(sample, np.random.default_rng(3))
+    b = Augment(AugmentConfig(modality_dropout=0.0))(sample, np.random.default_rng(3))
+    assert np.array_equal(a.color, b.color)
+
+
+def test_init_widens_an_rgb_model_to_rgbd(runs, rects, tmp_path):
+    """--init of an RGB checkpoint into --input-mode rgbd: every tensor copied, the first convolution widened with a
+    zero depth filter (the model starts as the RGB one), BatchNorm and freezing as the checkpoint was built."""
+    from instance_seg_ros.tools.train_engine import build_model, init_weights
+
+    src = runs["u"] / "checkpoint_last.pt"
+    a = resolve_args(_args("--data", str(rects), *COMMON, "--input-mode", "rgbd", "--init", str(src)))
+    model = build_model(a, 2)
+    logs = []
+    stats = init_weights(model, str(src), log=logs.append)
+    state, meta, _ = load_checkpoint(src)
+    assert stats["widened"] == 1 and stats["skipped"] == 0 and stats["copied"] == len(state)
+    own = model.state_dict()
+    (name,) = [k for k, v in own.items() if v.ndim == 4 and v.shape[1] == 4]
+    assert torch.equal(own[name][:, :3], state[name].to(own[name].dtype))
+    assert torch.count_nonzero(own[name][:, 3]) == 0
+    assert model.builder_kwargs["frozen_bn"] == meta.builder_kwargs["frozen_bn"]
+    assert "widened" in logs[0]

@@ -66,6 +66,9 @@ class AugmentConfig:
         scale (tuple[float, float]): random scale factor range (1, 1 = off), applied on top of the
             resize to the network input size; the result is cropped / padded back to that size.
         scale_prob (float): probability of applying the random scale.
+        modality_dropout (float in [0, 1]): probability that one input modality is removed from a sample (half
+            the time the whole depth image becomes invalid, half the time color becomes flat gray), so an RGB-D
+            network learns to use both and still works when one of them is missing or misleading.
     """
 
     hflip: float = 0.5
@@ -77,9 +80,10 @@ class AugmentConfig:
     depth_dropout: float = 0.02
     scale: tuple[float, float] = (0.75, 1.33)
     scale_prob: float = 0.5
+    modality_dropout: float = 0.0
 
     def __post_init__(self) -> None:
-        for name in ("hflip", "scale_prob", "depth_dropout"):
+        for name in ("hflip", "scale_prob", "depth_dropout", "modality_dropout"):
             v = getattr(self, name)
             if not (isinstance(v, (int, float)) and 0.0 <= v <= 1.0):
                 raise AugmentError(f"augment {name} must be a probability in [0, 1], got {v!r}.")
@@ -333,5 +337,10 @@ class Augment:
             color = color_jitter(color, rng, cfg.brightness, cfg.contrast, cfg.saturation, cfg.hue)
         if depth is not None and (cfg.depth_noise or cfg.depth_dropout):
             depth = depth_noise(depth, rng, cfg.depth_noise, cfg.depth_dropout)
+        if depth is not None and cfg.modality_dropout and rng.random() < cfg.modality_dropout:
+            if rng.random() < 0.5:
+                depth = np.full_like(depth, np.nan)
+            else:
+                color = np.full_like(color, 128)
         k = _transform_intrinsics(sample.intrinsics, factor, offset, out_size, flip)
         return _with_masks(sample, color, depth, m[:n], m[n:], k)

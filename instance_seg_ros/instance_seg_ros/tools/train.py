@@ -94,6 +94,7 @@ DEFAULTS: dict[str, Any] = {
     "box_batch_size": 256,
     "trainable_backbone_layers": None,
     "augment": True,
+    "modality_dropout": 0.0,
     "workers": 2,
     "device": "auto",
     "amp": False,
@@ -130,6 +131,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                    help="one class 'object' whatever the data's categories (default off)")
     g.add_argument("--augment", action=argparse.BooleanOptionalAction,
                    help="flip, color jitter, depth noise, random scale (default on)")
+    g.add_argument("--modality-dropout", type=float, metavar="P",
+                   help="rgbd: probability that a sample loses its depth or its color (default 0; the sim2real "
+                        "recipe uses 0.2)")
     g.add_argument("--workers", type=int, help=f"DataLoader worker processes (default {d['workers']})")
 
     g = parser.add_argument_group("model")
@@ -222,6 +226,8 @@ def resolve_args(args: argparse.Namespace, checkpoint_args: dict[str, Any] | Non
             raise TrainError(f"--{name.replace('_', '-')} must be an integer >= 0, got {v!r}.")
     if a.min_size > a.max_size:
         raise TrainError(f"--min-size ({a.min_size}) must not exceed --max-size ({a.max_size}).")
+    if not 0.0 <= a.modality_dropout <= 1.0:
+        raise TrainError(f"--modality-dropout must be a probability within [0, 1], got {a.modality_dropout}.")
     if not 0.0 <= a.val_fraction < 1.0:
         raise TrainError(f"--val-fraction must be within [0, 1), got {a.val_fraction}.")
     if a.lr is not None and not (math.isfinite(a.lr) and a.lr > 0):

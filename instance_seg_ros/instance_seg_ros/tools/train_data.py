@@ -8,6 +8,8 @@ sees the same data as an uninterrupted one.
 
 from __future__ import annotations
 
+import dataclasses
+
 import argparse
 from collections.abc import Iterator, Sequence
 from typing import Any
@@ -178,6 +180,8 @@ def training_set(a: argparse.Namespace, data: dict[str, Any]) -> TrainingSet:
     from ..core.model import DEPTH_MAX_M
 
     aug_cfg = AugmentConfig() if a.augment else AugmentConfig.none()
+    if a.augment and getattr(a, "modality_dropout", 0.0):
+        aug_cfg = dataclasses.replace(aug_cfg, modality_dropout=a.modality_dropout)
     return TrainingSet(data["train"], data["class_maps"], input_mode=a.input_mode,
                        augment=Augment(aug_cfg, min_size=a.min_size, max_size=a.max_size), depth_max_m=DEPTH_MAX_M)
 

@@ -56,6 +56,17 @@ def build_model(a: argparse.Namespace, num_classes: int):
         kw["trainable_backbone_layers"] = a.trainable_backbone_layers
     if a.init == "coco":
         kw["frozen_bn"] = True
+    elif a.init != "none":  # fine-tuning our own model: keep its BatchNorm and freezing as it was trained
+        from ..core.model import WeightsError, load_checkpoint
+
+        try:
+            built = load_checkpoint(a.init)[1].builder_kwargs
+        except WeightsError as exc:
+            raise TrainError(f"--init {a.init}: {exc}") from exc
+        if built.get("frozen_bn") is not None:
+            kw["frozen_bn"] = bool(built["frozen_bn"])
+        if a.trainable_backbone_layers is None and built.get("trainable_backbone_layers") is not None:
+            kw["trainable_backbone_layers"] = int(built["trainable_backbone_layers"])
     try:
         return build_amodal_maskrcnn(**kw)
     except ValueError as exc:
@@ -65,6 +76,8 @@ def build_model(a: argparse.Namespace, num_classes: int):
 def init_weights(model: Any, spec: str, log=print) -> dict[str, int]:
     """Copy into ``model`` every tensor of ``spec`` (``coco`` or a checkpoint path) whose name and shape fit;
     returns ``{"copied", "skipped", "total"}``."""
+    import torch
+
     from ..core.model import WeightsError, load_checkpoint, load_model
 
     try:
@@ -76,11 +89,22 @@ def init_weights(model: Any, spec: str, log=print) -> dict[str, int]:
         raise TrainError(f"--init {spec}: {exc}") from exc
     own = model.state_dict()
     fit = {k: v.to(own[k].dtype) for k, v in src.items() if k in own and own[k].shape == v.shape}
+    widened = {}
+    for k, v in src.items():  # an RGB model's first convolution into an RGB-D model: the depth filter starts at 0
+        t = own.get(k)
+        if (k not in fit and t is not None and t.ndim == v.ndim == 4 and t.shape[0] == v.shape[0]
+                and t.shape[2:] == v.shape[2:] and t.shape[1] > v.shape[1]):
+            w = torch.zeros_like(t)
+            w[:, :v.shape[1]] = v.to(t.dtype)
+            widened[k] = w
     own.update(fit)
+    own.update(widened)
     model.load_state_dict(own)
-    stats = {"copied": len(fit), "skipped": len(src) - len(fit), "total": len(own)}
-    log(f"isr train: --init {spec}: {stats['copied']} of {stats['total']} tensors copied "
-        f"({stats['skipped']} of the source did not fit: class-dependent layers start fresh).")
+    copied = len(fit) + len(widened)
+    stats = {"copied": copied, "widened": len(widened), "skipped": len(src) - copied, "total": len(own)}
+    log(f"isr train: --init {spec}: {copied} of {stats['total']} tensors copied "
+        f"({len(widened)} input convolution(s) widened with zero weights for the new channels; "
+        f"{stats['skipped']} of the source did not fit: class-dependent layers start fresh).")
     return stats
 
 
