@@ -134,6 +134,13 @@ class ModelConfig:
     max_size: int = _p(
         0, "Network input long side cap in pixels; 0 = the camera's own resolution.", low=0, high=8192
     )
+    geometric_proposals: str = _p(
+        "auto",
+        "auto = when the support plane is found (filter.support_plane), clusters of depth above it are added to "
+        "the network's region proposals; the network still scores, refines and masks them "
+        "(core/geometric_proposals.py). off = the network's own proposals only.",
+        choices=("auto", "off"), dynamic=True,
+    )
     warmup: bool = _p(True, "Run one dummy frame when the model loads, so the first real frame is not slow.")
     threads: int = _p(0, "CPU threads for torch; 0 = leave torch's default.", low=0, high=256)
 

@@ -5,10 +5,11 @@ and the benchmark all go through it, so they measure and report the same thing.
 
 Stages (each timed, in ms): ``preprocess`` (numpy -> the normalized, resized network input on the device),
 ``inference`` (the network), ``postprocess`` (mask pasting, thresholding, amodal ⊇ visible, boxes, crops,
-occlusion, label image), ``lift`` (all instances' point clouds in one vectorized pass), ``support_plane``
-(``filter.support_plane: auto``: the dominant plane of the depth, and the detections lying on it or behind it
-dropped: print, paper, highlights, the floor beyond the table; see :func:`support_plane_check`), ``cloud_filter``
-(optional voxel / outlier filtering) and ``geometry`` (centroids, oriented boxes).
+occlusion = ``1 - visible / amodal area`` of the masks, label image), ``lift`` (all instances' point clouds in one
+vectorized pass), ``support_plane`` (``filter.support_plane: auto``: the dominant plane of the depth, and the
+detections lying on it or behind it dropped: print, paper, highlights, the floor beyond the table; see
+:func:`support_plane_check`), ``cloud_filter`` (optional voxel / outlier filtering) and ``geometry`` (centroids,
+oriented boxes).
 
 Fast paths (``Segmenter(reference=True)`` runs the plain ones, for checks): the network at the camera's (or
 the configured) resolution under ``inference_mode``, channels-last and fp16/bf16 autocast on CUDA; masks stay
@@ -28,15 +29,17 @@ import numpy as np
 import torch
 
 from .config import CloudConfig, Config
+from .geometric_proposals import cluster_boxes
 from .geometry import centroid, oriented_box
 from .images import check_frame
-from .lifting import boxes_from_occupancy, filter_cloud, label_image, lift_instances, mask_bboxes
+from .lifting import filter_cloud, label_image, lift_instances
+from .masks import boxes_from_occupancy, mask_bboxes
 from .support_plane import SupportPlane, fit_support_plane, on_support_plane, support_without
 from .text import one_line
 from .types import FrameError, FrameResult, InstanceResult, Intrinsics
 
 __all__ = ["SUMMARY_PATHS", "FrameError", "FrameSkipped", "MaskSummary", "Segmenter", "summarize_masks",
-           "renumber_instances", "support_plane_check"]
+           "fit_plane", "renumber_instances", "support_plane_check"]
 
 _log = logging.getLogger(__name__)
 
@@ -83,7 +86,9 @@ class MaskSummary:
             for lifting.
         boxes, amodal_boxes (np.ndarray[N, 4] int64): ``(x, y, w, h)`` of the visible / amodal masks.
         crops, amodal_crops (list[np.ndarray[h, w] bool]): the masks cropped to those boxes (contiguous copies).
-        occlusion (np.ndarray[N] float64): ``1 - visible area / amodal area``, in [0, 1].
+        occlusion (np.ndarray[N] float64): ``1 - visible area / amodal area``, in [0, 1]: the published
+            ``Instance.occlusion``. The occlusion head's ``Detections.occlusion_pred`` is not used: the mask-derived
+            value was closer to ground truth on real frames (MAE 0.191 vs 0.222) and agrees with the masks.
         scores (np.ndarray[N] float32), labels (np.ndarray[N] int64).
         label_image (np.ndarray[H, W] uint16): 0 = background, else ``i + 1``; the lower index (higher score) wins.
     """
@@ -392,8 +397,17 @@ class Segmenter:
     def _process(self, color: np.ndarray, depth: np.ndarray, K: Intrinsics) -> FrameResult:
         cfg = self.config
         h, w = depth.shape
-        det = self.predictor.predict(color, depth)
+        plane, fitted, extra, t_prop = None, False, None, 0.0
+        if cfg.model.geometric_proposals == "auto":
+            t0 = time.perf_counter()
+            plane, fitted = fit_plane(cfg, depth, K), True
+            if plane is not None:
+                extra = cluster_boxes(depth, K, plane, min_height=cfg.filter.min_height)
+            t_prop = (time.perf_counter() - t0) * 1e3
+        det = self.predictor.predict(color, depth, extra_proposals=extra)
         timings = {k: float(v) for k, v in det.timings.items()}
+        if fitted:
+            timings["proposals"] = t_prop
 
         t0 = time.perf_counter()
         summary = summarize_masks(det.masks, det.amodal_masks, det.scores, det.labels,
@@ -418,10 +432,11 @@ class Segmenter:
         )
         timings["lift"] = (time.perf_counter() - t0) * 1e3
 
-        plane, on_plane = None, np.zeros(len(clouds), bool)
+        on_plane = np.zeros(len(clouds), bool)
         if cfg.filter.support_plane == "auto":
             t0 = time.perf_counter()
-            plane, on_plane = support_plane_check(cfg, depth, K, [c.points for c in clouds], label_np)
+            plane, on_plane = support_plane_check(cfg, depth, K, [c.points for c in clouds], label_np,
+                                                  plane=plane, refit=not fitted)
             timings["support_plane"] = (time.perf_counter() - t0) * 1e3
 
         t_filter = t_geom = 0.0
@@ -459,12 +474,21 @@ class Segmenter:
         timings["cloud_filter"] = t_filter * 1e3
         timings["geometry"] = t_geom * 1e3
         timings["total"] = sum(v for k, v in timings.items() if k != "total")
+        # the plane is reported when the support-plane check ran (proposals may fit one without the check)
         return FrameResult(width=w, height=h, instances=instances, label_image=label_np, timings=timings,
-                           support_plane=plane, dropped=dropped)
+                           support_plane=plane if cfg.filter.support_plane == "auto" else None, dropped=dropped)
+
+
+def fit_plane(config: Config, depth: np.ndarray, K: Intrinsics) -> SupportPlane | None:
+    """The support plane of one frame with the ``filter.*`` settings (None when no plane holds enough depth)."""
+    f = config.filter
+    return fit_support_plane(depth, K, tolerance=f.plane_tolerance, min_support=f.plane_min_support,
+                             depth_min=config.depth.min, depth_max=config.depth.max)
 
 
 def support_plane_check(config: Config, depth: np.ndarray, K: Intrinsics, points: list[np.ndarray],
-                        label_image: np.ndarray | None = None) -> tuple[SupportPlane | None, np.ndarray]:
+                        label_image: np.ndarray | None = None, *, plane: SupportPlane | None = None,
+                        refit: bool = True) -> tuple[SupportPlane | None, np.ndarray]:
     """The ``filter.*`` support-plane check of one frame: ``(plane or None, bool[N] instance lies on it or behind)``.
 
     An instance is flagged when its points do not rise ``filter.min_height`` above the plane
@@ -475,10 +499,11 @@ def support_plane_check(config: Config, depth: np.ndarray, K: Intrinsics, points
     Args:
         depth (np.ndarray[H, W] float32): meters, NaN invalid. points: each instance's lifted points ([M, 3]).
         label_image (np.ndarray[H, W] uint16 | None): the instances' visible masks, 1-based as ``points``.
+        plane, refit: with ``refit=False``, ``plane`` is this frame's plane, already fitted (:func:`fit_plane`).
     """
     f = config.filter
-    plane = fit_support_plane(depth, K, tolerance=f.plane_tolerance, min_support=f.plane_min_support,
-                              depth_min=config.depth.min, depth_max=config.depth.max)
+    if refit:
+        plane = fit_plane(config, depth, K)
     if plane is None or not points:
         return plane, np.zeros(len(points), bool)
     flagged = np.asarray(on_support_plane(points, plane, min_height=f.min_height), bool)

@@ -28,7 +28,7 @@ from torchvision.models.detection.transform import resize_boxes
 
 from .amodal_maskrcnn import AmodalMaskRCNN
 from .inputs import check_model_input, frame_to_input
-from .weights import ModelMeta
+from .meta import ModelMeta
 
 __all__ = [
     "PASTE_MODES",
@@ -62,7 +62,8 @@ class Detections:
         scores (Tensor[N] float32): detection confidence, all ≥ the score threshold.
         masks (Tensor[N, H, W] bool): visible masks.
         amodal_masks (Tensor[N, H, W] bool): full-shape masks; ``amodal_masks ⊇ masks`` always.
-        occlusion_pred (Tensor[N] float32): predicted hidden fraction in [0, 1].
+        occlusion_pred (Tensor[N] float32): the occlusion head's predicted hidden fraction in [0, 1]; used by the
+            training evaluation only (the pipeline publishes the hidden fraction computed from the masks).
         class_names (list[str]): the model's class names (``class_names[label]``).
         timings (dict[str, float]): milliseconds for ``preprocess``, ``inference``, ``postprocess``.
     """
@@ -364,12 +365,16 @@ class Predictor:
             self.model.to(self.device)
             self._on_device = True
 
-    def predict(self, color: np.ndarray, depth: np.ndarray | None = None) -> Detections:
+    def predict(self, color: np.ndarray, depth: np.ndarray | None = None, *,
+                extra_proposals: np.ndarray | None = None) -> Detections:
         """Detect instances in one frame.
 
         Args:
             color (np.ndarray[H, W, 3] uint8): RGB.
             depth (np.ndarray[H, W] float32 | None): meters, NaN = invalid; required for rgbd models.
+            extra_proposals (np.ndarray[N, 4] float | None): boxes (x0, y0, x1, y1, pixels of this frame) added to
+                the region proposals, e.g. :func:`~instance_seg_ros.core.geometric_proposals.cluster_boxes`; the box
+                head scores and refines them like the RPN's own.
 
         Returns:
             :class:`Detections` on the predictor's device.
@@ -404,6 +409,11 @@ class Predictor:
             with self._autocast():
                 features = model.backbone(images.tensors)
                 proposals, _ = model.rpn(images, features)
+                if extra_proposals is not None and len(extra_proposals):
+                    nh, nw = images.image_sizes[0]
+                    extra = torch.as_tensor(np.asarray(extra_proposals, np.float32), device=proposals[0].device)
+                    extra = extra * torch.tensor([nw / w, nh / h, nw / w, nh / h], device=extra.device)
+                    proposals = [torch.cat([proposals[0], extra.to(proposals[0].dtype)])]
                 dets, _ = model.roi_heads(features, proposals, images.image_sizes)
             self._sync()
             t2 = time.perf_counter()

@@ -1,0 +1,55 @@
+"""Geometric proposals: clusters of depth above the support plane become boxes for the network's box head."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from instance_seg_ros.core.geometric_proposals import cluster_boxes
+from instance_seg_ros.core.support_plane import fit_support_plane
+from instance_seg_ros.core.types import Intrinsics
+
+K = Intrinsics(500.0, 500.0, 159.5, 119.5, 320, 240)
+
+
+def _plane_scene():
+    """A camera looking straight down at a table 1 m away; a 10 cm high box (left) and a 20 cm can (right) that
+    touches a 5 cm tall box behind it in the image (different heights: a depth jump separates them)."""
+    d = np.full((240, 320), 1.0, np.float32)
+    d[40:100, 30:110] = 0.9       # box, 10 cm high
+    d[130:200, 180:240] = 0.8     # tall object, 20 cm
+    d[130:200, 240:300] = 0.95    # flat box touching it, 5 cm
+    d[220:, :40] = np.nan         # missing depth
+    return d
+
+
+def test_boxes_around_objects_split_at_depth_jumps():
+    d = _plane_scene()
+    plane = fit_support_plane(d, K)
+    assert plane is not None and abs(plane.offset - 1.0) < 0.01
+    boxes = cluster_boxes(d, K, plane, stride=1)
+    assert boxes.shape == (3, 4) and boxes.dtype == np.float32
+    expected = np.array([[30, 40, 110, 100], [180, 130, 240, 200], [240, 130, 300, 200]], np.float32)
+    for e in expected:
+        # each object has a box within a few pixels (cut pixels at the jump, the padding)
+        err = np.abs(boxes - e).max(axis=1)
+        assert err.min() <= 6, (e, boxes)
+
+
+def test_flat_things_and_specks_are_not_proposed():
+    d = np.full((240, 320), 1.0, np.float32)
+    d[50:150, 50:150] = 0.995     # a 5 mm thick sheet: below min_height
+    d[200:202, 200:202] = 0.8     # a 2x2 speck: below min_area
+    plane = fit_support_plane(d, K)
+    assert len(cluster_boxes(d, K, plane, stride=1)) == 0
+
+
+def test_stride_and_limits():
+    d = _plane_scene()
+    plane = fit_support_plane(d, K)
+    coarse = cluster_boxes(d, K, plane, stride=4)
+    assert len(coarse) == 3
+    assert np.all(coarse[:, [0, 2]] <= K.width - 1) and np.all(coarse[:, [1, 3]] <= K.height - 1)
+    assert len(cluster_boxes(d, K, plane, stride=1, max_boxes=1)) == 1
+    # the largest cluster is kept first
+    one = cluster_boxes(d, K, plane, stride=1, max_boxes=1)[0]
+    assert one[0] < 40 and one[2] > 100
