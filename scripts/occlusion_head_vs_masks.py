@@ -73,7 +73,8 @@ def main() -> None:
             x, y = _errors(None, seg.predictor.predict(color), gv, np.array([i.occlusion for i in gt.instances]))
             eh += x
             em += y
-        print(f"simulated bag {a.bag}: {len(eh)} matches; occlusion MAE head {np.mean(eh):.3f}, masks {np.mean(em):.3f}")
+        print(f"simulated bag {a.bag}: {len(eh)} matches; "
+              f"occlusion MAE head {np.mean(eh):.3f}, masks {np.mean(em):.3f}")
     if a.frames:
         from instance_seg_ros.tools.frames import find_frames, load_frame
 

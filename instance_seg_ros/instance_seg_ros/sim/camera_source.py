@@ -16,20 +16,13 @@ import numpy as np
 from ..core.types import FrameResult, Intrinsics
 from .camera import Camera
 from .noise import SensorNoise
+from .randomization import scene_seed
 from .scene import Scene
 
 if TYPE_CHECKING:  # the settings live with the node's parameters; only their attributes are read here
     from .camera_node import SimCameraSettings
 
 __all__ = ["SimCameraSource", "SimFrame", "scene_seed"]
-
-_SCENE_SEED_STRIDE = 100003  # scene s of seed S uses Scene.random(S * stride + s), as `isr record` does
-
-
-def scene_seed(seed: int, scene_index: int) -> int:
-    """The ``Scene.random`` seed of scene ``scene_index`` (0, 1, ...) of a node started with ``seed``."""
-    return int(seed) * _SCENE_SEED_STRIDE + int(scene_index)
-
 
 @dataclass
 class SimFrame:

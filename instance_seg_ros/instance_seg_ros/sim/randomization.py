@@ -16,7 +16,16 @@ from .errors import SceneError
 from .noise import SensorNoise
 from .objects import NUM_RANDOM_URDFS, PRIMITIVES, SUPPORTS, TEXTURES, ObjectSpec, urdf_usable
 
-__all__ = ["SENSORS", "SIM2REAL", "SceneConfig", "SensorPreset", "random_object_spec", "random_sensor"]
+__all__ = ["SCENE_SEED_STRIDE", "SENSORS", "SIM2REAL", "SceneConfig", "SensorPreset", "random_object_spec",
+           "random_sensor", "scene_seed"]
+
+#: scene ``i`` of a run seeded ``S`` (``isr synth``, ``isr record``, the sim camera) is ``Scene.random(S * stride + i)``
+SCENE_SEED_STRIDE = 100003
+
+
+def scene_seed(seed: int, index: int) -> int:
+    """The ``Scene.random`` seed of scene ``index`` (0, 1, ...) of a dataset, bag or camera run seeded ``seed``."""
+    return int(seed) * SCENE_SEED_STRIDE + int(index)
 
 
 @dataclass(frozen=True)

@@ -281,7 +281,9 @@ class Scene:
             specs = [random_object_spec(rng, cfg) for _ in range(n)]
             # spawn on a grid of cells (3x3 per layer), jittered, layer by layer
             cols = 3
-            spacing = cfg.spawn_spacing if cfg.spawn_spacing_range is None else float(rng.uniform(*cfg.spawn_spacing_range))
+            spacing = cfg.spawn_spacing
+            if cfg.spawn_spacing_range is not None:
+                spacing = float(rng.uniform(*cfg.spawn_spacing_range))
             cells = rng.permutation(max(n, cols * cols * math.ceil(n / (cols * cols))))[:n]
             z0 = scene.support_top_z + 0.02
             for spec, cell in zip(specs, cells, strict=True):

@@ -28,9 +28,11 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from ..sim.randomization import SCENE_SEED_STRIDE as SEED_STRIDE
+from ..sim.randomization import scene_seed
+
 __all__ = ["SynthError", "SynthParams", "add_arguments", "render_scene", "run", "scene_seed", "synthesize"]
 
-SEED_STRIDE = 100003
 #: ``plain``: flat-colored objects, D435 intrinsics, the default scene ranges. ``sim2real`` (the training recipe,
 #: see MODEL.md): textured objects and surfaces, flat clutter, random lighting and camera effects
 #: (:mod:`~instance_seg_ros.sim.appearance`), product-like object sizes and piles (``randomization.SIM2REAL``), a
@@ -79,11 +81,6 @@ class SynthParams:
         return d
 
 
-def scene_seed(seed: int, index: int) -> int:
-    """The seed of scene ``index`` of a dataset generated with ``seed``."""
-    return int(seed) * SEED_STRIDE + int(index)
-
-
 # ---------------------------------------------------------------------------------------- one scene
 def _atomic_write_bytes(path: Path, data: bytes) -> None:
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
@@ -124,9 +121,9 @@ def render_scene(out: str | Path, index: int, params: SynthParams) -> dict[str, 
 
     from ..core.coco_eval import encode_masks
     from ..core.images import encode_depth_16uc1
+    from ..sim.appearance import Appearance
     from ..sim.camera import d435_intrinsics
     from ..sim.noise import SensorNoise
-    from ..sim.appearance import Appearance
     from ..sim.randomization import SIM2REAL, SceneConfig, random_sensor
     from ..sim.scene import Scene
 

@@ -8,9 +8,8 @@ sees the same data as an uninterrupted one.
 
 from __future__ import annotations
 
-import dataclasses
-
 import argparse
+import dataclasses
 from collections.abc import Iterator, Sequence
 from typing import Any
 
