@@ -131,7 +131,7 @@ def test_an_object_filling_the_view_is_not_its_own_support_plane():
     """A box face covering 90 % of the frame is the dominant plane. Detected as one instance, it is kept (without
     its pixels the plane holds almost nothing); a small print on it is still dropped (the rest of the face stays)."""
     from instance_seg_ros.core.lifting import lift_instances
-    from instance_seg_ros.core.pipeline import support_plane_check
+    from instance_seg_ros.core.support_plane import support_plane_check
 
     depth = np.full((H, W), 0.45, np.float32)
     depth[:, :16] = 0.9  # a sliver of table behind it

@@ -34,12 +34,11 @@ from .geometry import centroid, oriented_box
 from .images import check_frame
 from .lifting import filter_cloud, label_image, lift_instances
 from .masks import boxes_from_occupancy, mask_bboxes
-from .support_plane import SupportPlane, fit_support_plane, on_support_plane, support_without
+from .support_plane import fit_plane, renumber_instances, support_plane_check
 from .text import one_line
 from .types import FrameError, FrameResult, InstanceResult, Intrinsics
 
-__all__ = ["SUMMARY_PATHS", "FrameError", "FrameSkipped", "MaskSummary", "Segmenter", "summarize_masks",
-           "fit_plane", "renumber_instances", "support_plane_check"]
+__all__ = ["SUMMARY_PATHS", "FrameError", "FrameSkipped", "MaskSummary", "Segmenter", "summarize_masks"]
 
 _log = logging.getLogger(__name__)
 
@@ -477,49 +476,3 @@ class Segmenter:
         # the plane is reported when the support-plane check ran (proposals may fit one without the check)
         return FrameResult(width=w, height=h, instances=instances, label_image=label_np, timings=timings,
                            support_plane=plane if cfg.filter.support_plane == "auto" else None, dropped=dropped)
-
-
-def fit_plane(config: Config, depth: np.ndarray, K: Intrinsics) -> SupportPlane | None:
-    """The support plane of one frame with the ``filter.*`` settings (None when no plane holds enough depth)."""
-    f = config.filter
-    return fit_support_plane(depth, K, tolerance=f.plane_tolerance, min_support=f.plane_min_support,
-                             depth_min=config.depth.min, depth_max=config.depth.max)
-
-
-def support_plane_check(config: Config, depth: np.ndarray, K: Intrinsics, points: list[np.ndarray],
-                        label_image: np.ndarray | None = None, *, plane: SupportPlane | None = None,
-                        refit: bool = True) -> tuple[SupportPlane | None, np.ndarray]:
-    """The ``filter.*`` support-plane check of one frame: ``(plane or None, bool[N] instance lies on it or behind)``.
-
-    An instance is flagged when its points do not rise ``filter.min_height`` above the plane
-    (:func:`~.support_plane.on_support_plane`), unless the plane is mostly that instance (a box face or a wall
-    filling the view): without the instance's pixels the plane must still hold ``filter.plane_min_support`` of the
-    valid depth (:func:`~.support_plane.support_without`; needs ``label_image``).
-
-    Args:
-        depth (np.ndarray[H, W] float32): meters, NaN invalid. points: each instance's lifted points ([M, 3]).
-        label_image (np.ndarray[H, W] uint16 | None): the instances' visible masks, 1-based as ``points``.
-        plane, refit: with ``refit=False``, ``plane`` is this frame's plane, already fitted (:func:`fit_plane`).
-    """
-    f = config.filter
-    if refit:
-        plane = fit_plane(config, depth, K)
-    if plane is None or not points:
-        return plane, np.zeros(len(points), bool)
-    flagged = np.asarray(on_support_plane(points, plane, min_height=f.min_height), bool)
-    if flagged.any() and label_image is not None:
-        rest = support_without(depth, K, plane, label_image, len(points), tolerance=f.plane_tolerance,
-                               depth_min=config.depth.min, depth_max=config.depth.max)
-        flagged &= rest >= f.plane_min_support
-    return plane, flagged
-
-
-def renumber_instances(instances: list[InstanceResult], label_image: np.ndarray) -> np.ndarray:
-    """Give the kept ``instances`` indices 1..N in order and map ``label_image`` to them (dropped ones become 0)."""
-    lut = np.zeros(int(label_image.max(initial=0)) + 1, np.uint16)
-    for new, inst in enumerate(instances, start=1):
-        if inst.index < lut.size:
-            lut[inst.index] = new
-        inst.index = new
-    return lut[label_image]
-

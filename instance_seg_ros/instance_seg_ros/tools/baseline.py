@@ -40,7 +40,8 @@ import torch
 
 from ..core.config import Config
 from ..core.model import AmodalMaskRCNN, ModelMeta, frame_to_input
-from ..core.pipeline import attach_geometry, filter_for_config, renumber_instances, support_plane_check
+from ..core.pipeline import attach_geometry, filter_for_config
+from ..core.support_plane import renumber_instances, support_plane_check
 from ..core.types import FrameResult, InstanceResult, Intrinsics
 
 __all__ = ["TORCHVISION_MAX_SIZE", "TORCHVISION_MIN_SIZE", "NaiveBaseline", "naive_instance_array_msg"]
