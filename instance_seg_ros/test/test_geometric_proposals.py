@@ -53,3 +53,26 @@ def test_stride_and_limits():
     # the largest cluster is kept first
     one = cluster_boxes(d, K, plane, stride=1, max_boxes=1)[0]
     assert one[0] < 40 and one[2] > 100
+
+
+# ------------------------------------------------------------------------------------------------ mask overlap
+def test_mask_overlap_keep_drops_parts_and_duplicates_of_better_detections():
+    import torch
+
+    from instance_seg_ros.core.model.predictor import mask_overlap_keep
+
+    m = torch.zeros((5, 40, 40), dtype=torch.bool)
+    m[0, 0:20, 0:20] = True       # an object
+    m[1, 4:12, 4:12] = True       # a label on it, lower score: a part -> dropped
+    m[2, 20:40, 20:40] = True     # another object
+    m[3, 0:20, 0:20] = True       # a duplicate of the first -> dropped
+    m[4, 16:40, 16:40] = True     # a lower-scored box around object 2 that reaches out: mostly inside 2 -> dropped
+    keep = mask_overlap_keep(m, 0.5, stride=1).tolist()
+    assert keep == [0, 2]
+    assert mask_overlap_keep(m, 1.0, stride=1).tolist() == [0, 1, 2, 3, 4]
+    # a whole object found after one of its parts is kept (the part is inside it, not it inside the part)
+    w = torch.zeros((2, 40, 40), dtype=torch.bool)
+    w[0, 4:12, 4:12] = True
+    w[1, 0:20, 0:20] = True
+    assert mask_overlap_keep(w, 0.5, stride=1).tolist() == [0, 1]
+    assert mask_overlap_keep(m[:1], 0.5).tolist() == [0]

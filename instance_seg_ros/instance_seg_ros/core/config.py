@@ -126,6 +126,13 @@ class ModelConfig:
         0.5, "Mask probability above which a pixel belongs to the instance.", low=0.0, high=1.0, dynamic=True
     )
     nms_threshold: float = _p(0.5, "Box IoU above which lower-scored detections are suppressed.", low=0.0, high=1.0)
+    mask_nms_threshold: float = _p(
+        0.5,
+        "A detection whose visible mask lies more than this share inside the visible mask of a higher-scored one is "
+        "dropped: a pixel shows one surface, so it is a duplicate or a part (label, print, highlight) of that "
+        "object. 1 = off.",
+        low=0.0, high=1.0, dynamic=True,
+    )
     max_instances: int = _p(30, "At most this many instances per frame (highest scores kept).", low=1, high=1000,
                             dynamic=True)
     min_size: int = _p(

@@ -308,8 +308,8 @@ class Segmenter:
         model, meta = load_model(m.weights, backbone=m.backbone, input_mode=m.input_mode, log=self._log)
         self.predictor = Predictor(
             model, meta, device=m.device, precision=m.precision, score_threshold=m.score_threshold,
-            mask_threshold=m.mask_threshold, nms_threshold=m.nms_threshold, max_instances=m.max_instances,
-            min_size=m.min_size, max_size=m.max_size,
+            mask_threshold=m.mask_threshold, nms_threshold=m.nms_threshold, mask_nms_threshold=m.mask_nms_threshold,
+            max_instances=m.max_instances, min_size=m.min_size, max_size=m.max_size,
             **({"channels_last": False, "paste": "loop"} if self.reference else {}),
         )
         self.meta = meta
@@ -331,6 +331,7 @@ class Segmenter:
             m = config.model
             self.predictor.update(
                 score_threshold=m.score_threshold, mask_threshold=m.mask_threshold, max_instances=m.max_instances,
+                mask_nms_threshold=m.mask_nms_threshold,
             )
 
     def release(self) -> None:

@@ -64,6 +64,9 @@ def build_config(
         if "filter.support_plane" not in overrides and flat["filter.support_plane"] != "off":
             flat["filter.support_plane"] = "off"
             notes.append("untrained weights: filter.support_plane=off so every detection counts")
+        if "model.mask_nms_threshold" not in overrides and flat["model.mask_nms_threshold"] != 1.0:
+            flat["model.mask_nms_threshold"] = 1.0
+            notes.append("untrained weights: model.mask_nms_threshold=1 so every detection counts")
         if "model.geometric_proposals" not in overrides and flat["model.geometric_proposals"] != "off":
             flat["model.geometric_proposals"] = "off"
             notes.append("untrained weights: model.geometric_proposals=off (the untrained network's proposals only)")

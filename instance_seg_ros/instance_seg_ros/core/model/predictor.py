@@ -35,6 +35,7 @@ __all__ = [
     "Detections",
     "Predictor",
     "PredictorError",
+    "mask_overlap_keep",
     "paste_masks_batched",
     "paste_masks_thresholded",
     "resolve_device",
@@ -157,6 +158,33 @@ def paste_masks_thresholded(
     return out
 
 
+def mask_overlap_keep(masks: torch.Tensor, threshold: float, stride: int = 4) -> torch.Tensor:
+    """Indices of the detections to keep when each one's visible mask may lie at most ``threshold`` inside the
+    visible mask of a higher-scored kept one (``masks`` sorted by score, best first).
+
+    A pixel shows one surface, so two visible masks that share most of the smaller one are one object seen twice:
+    a duplicate, or a part (a label, a print panel, a highlight) of the whole. The overlap is measured on a
+    ``stride`` grid as intersection / the candidate's own area, so a lower-scored detection that contains a better
+    one (a whole object around a part found first) is kept.
+
+    Args:
+        masks (Tensor[N, H, W] bool): visible masks, best score first.
+        threshold: in [0, 1]; 1 keeps everything.
+    """
+    n = masks.shape[0]
+    if n < 2:
+        return torch.arange(n, device=masks.device)
+    m = masks[:, ::stride, ::stride].reshape(n, -1).to(torch.float32)
+    area = m.sum(dim=1)
+    inter = m @ m.T
+    inside = (inter / area[:, None].clamp_min(1.0)).cpu().numpy()  # [i, j]: share of i inside j
+    keep: list[int] = []
+    for i in range(n):
+        if area[i] > 0 and all(inside[i, j] <= threshold for j in keep):
+            keep.append(i)
+    return torch.as_tensor(keep, dtype=torch.long, device=masks.device)
+
+
 def _resize_weights(start: torch.Tensor, size: torch.Tensor, n_src: int, n_out: int) -> torch.Tensor:
     """Per-RoI 1-D bilinear resize weights as matrices: ``[N, n_out, n_src]`` float32.
 
@@ -254,6 +282,7 @@ class Predictor:
         score_threshold: float = 0.5,
         mask_threshold: float = 0.5,
         nms_threshold: float = 0.5,
+        mask_nms_threshold: float = 1.0,
         max_instances: int = 30,
         min_size: int = 0,
         max_size: int = 0,
@@ -288,6 +317,7 @@ class Predictor:
         self.score_threshold = 0.5
         self.mask_threshold = 0.5
         self.nms_threshold = 0.5
+        self.mask_nms_threshold = 1.0
         self.max_instances = 30
         self.min_size = 0
         self.max_size = 0
@@ -295,6 +325,7 @@ class Predictor:
             score_threshold=score_threshold,
             mask_threshold=mask_threshold,
             nms_threshold=nms_threshold,
+            mask_nms_threshold=mask_nms_threshold,
             max_instances=max_instances,
             min_size=min_size,
             max_size=max_size,
@@ -325,9 +356,10 @@ class Predictor:
         return self.model.input_mode
 
     def update(self, **settings: Any) -> None:
-        """Change run-time settings: ``score_threshold``, ``mask_threshold``, ``nms_threshold``
-        (floats in [0, 1]), ``max_instances`` (≥ 1), ``min_size`` / ``max_size`` (≥ 0, 0 = native)."""
-        floats = ("score_threshold", "mask_threshold", "nms_threshold")
+        """Change run-time settings: ``score_threshold``, ``mask_threshold``, ``nms_threshold``,
+        ``mask_nms_threshold`` (floats in [0, 1]), ``max_instances`` (≥ 1), ``min_size`` / ``max_size`` (≥ 0,
+        0 = native)."""
+        floats = ("score_threshold", "mask_threshold", "nms_threshold", "mask_nms_threshold")
         ints = {"max_instances": 1, "min_size": 0, "max_size": 0}
         for k, v in settings.items():
             if k in floats:
@@ -440,10 +472,17 @@ class Predictor:
         masks = pasted[:, 0]
         amodal = pasted[:, 1] | masks
         occ = d["occlusion"][keep].float() if "occlusion" in d else torch.zeros_like(scores[keep])
+        labels = d["labels"][keep]
+        scores = scores[keep]
+        if self.mask_nms_threshold < 1.0 and len(scores) > 1:
+            kept = mask_overlap_keep(masks, self.mask_nms_threshold)
+            if len(kept) < len(scores):
+                boxes, labels, scores, masks, amodal, occ = (
+                    t[kept] for t in (boxes, labels, scores, masks, amodal, occ))
         return Detections(
             boxes=boxes,
-            labels=d["labels"][keep],
-            scores=scores[keep],
+            labels=labels,
+            scores=scores,
             masks=masks,
             amodal_masks=amodal,
             occlusion_pred=occ,
