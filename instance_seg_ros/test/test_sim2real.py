@@ -159,8 +159,90 @@ def test_dark_and_glare_pixels_lose_depth():
 def test_default_noise_is_unchanged_by_the_new_options():
     d = np.random.default_rng(0).uniform(0.4, 1.5, size=(48, 64)).astype(np.float32)
     a = SensorNoise().apply_depth(d, 600.0, _rng(9))
-    b = SensorNoise(correlated_std=0.0, shadow_baseline=0.0, dark_dropout=0.0).apply_depth(d, 600.0, _rng(9))
+    b = SensorNoise(correlated_std=0.0, shadow_baseline=0.0, dark_dropout=0.0, registration_baseline=0.0,
+                    noise_cell_px=0.0, smooth_ksize=0, edge_band_px=0, dark_blob_px=0.0).apply_depth(d, 600.0, _rng(9))
     np.testing.assert_array_equal(a, b)
+
+
+def test_registration_occlusion_band_lies_opposite_the_projector_shadow():
+    fx = 1067.0
+    d = _step_depth()
+    quiet = dict(disparity_std=0.0, edge_dropout=0.0, holes_per_megapixel=0.0, color_std=0.0)
+    out = SensorNoise(baseline=0.075, shadow_baseline=0.075, registration_baseline=-0.025, **quiet).apply_depth(
+        d, fx, _rng(0))
+    band = np.isnan(out[30])
+    shadow, occluded = band[:100].nonzero()[0], band[140:].nonzero()[0]
+    scale = fx * (1 / 0.6 - 1 / 1.0)  # px per meter of baseline
+    assert abs(shadow.size - 0.075 * scale) <= 2 and abs(occluded.size - 0.025 * scale) <= 2
+    assert shadow.max() == 99 and occluded.min() == 0  # solid, and touching the object
+    assert np.isfinite(out[:, 100:140]).all()
+
+
+def _plateau_share(out: np.ndarray) -> float:
+    dz = np.abs(np.diff(out, axis=1))
+    return float(np.mean(dz[np.isfinite(dz)] == 0))
+
+
+def _plane_rms(out: np.ndarray, z: np.ndarray) -> float:
+    return float(np.sqrt(np.nanmean((out - z) ** 2)))
+
+
+def test_registered_depth_has_plateaus_and_less_noise():
+    fx, h, w = 1067.0, 120, 160
+    # a tilted plane around 1 m
+    z = (1.0 + 0.0005 * np.arange(w)[None, :] + 0.0003 * np.arange(h)[:, None]).astype(np.float32)
+    quiet = dict(baseline=0.075, subpixel=1 / 64, edge_dropout=0.0, holes_per_megapixel=0.0, color_std=0.0)
+    std = 1e-3 * fx * 0.075  # 1 mm RMS at 1 m
+    raw = SensorNoise(disparity_std=std, **quiet).apply_depth(z, fx, _rng(3))
+    cells = SensorNoise(disparity_std=std, noise_cell_px=2.0, **quiet).apply_depth(z, fx, _rng(3))
+    smooth = SensorNoise(disparity_std=std, noise_cell_px=2.0, smooth_ksize=5, **quiet).apply_depth(z, fx, _rng(3))
+    assert 0.0008 < _plane_rms(raw, z) < 0.0013
+    assert _plateau_share(raw) < 0.2 and 0.35 < _plateau_share(cells) < 0.7 and _plateau_share(smooth) > 0.4
+    assert _plane_rms(smooth, z) < 0.7 * _plane_rms(raw, z)
+    assert np.isfinite(smooth).all()
+    # the median keeps a depth step sharp: no pixel takes a depth between the two sides
+    d = _step_depth()
+    out = SensorNoise(disparity_std=0.02, smooth_ksize=5, **quiet).apply_depth(d, 600.0, _rng(4))
+    assert not ((out > 0.65) & (out < 0.95)).any()
+
+
+def _blobs(mask: np.ndarray) -> np.ndarray:
+    import cv2
+
+    n, _, stats, _ = cv2.connectedComponentsWithStats(mask.astype(np.uint8), connectivity=8)
+    return stats[1:, cv2.CC_STAT_AREA]
+
+
+def test_edge_dropout_in_solid_bands():
+    d = np.full((120, 200), 1.0, np.float32)
+    for c in (30, 80, 130):
+        d[20:100, c:c + 30] = 0.6
+    quiet = dict(disparity_std=0.0, holes_per_megapixel=0.0, color_std=0.0, edge_dropout=0.8)
+    coins = np.isnan(SensorNoise(**quiet).apply_depth(d, 600.0, _rng(5)))
+    bands = np.isnan(SensorNoise(edge_band_px=3, **quiet).apply_depth(d, 600.0, _rng(5)))
+    # about the same share of edges is hit, but in a few wide bands instead of many specks
+    assert bands.sum() > 2 * coins.sum()
+    assert len(_blobs(bands)) <= len(_blobs(coins)) and np.median(_blobs(bands)) > 1.5 * np.median(_blobs(coins))
+    # the dropped pixels stay within edge_band_px of an edge
+    assert not bands[:, :25].any() and not bands[:15].any()
+    again = np.isnan(SensorNoise(edge_band_px=3, **quiet).apply_depth(d, 600.0, _rng(5)))
+    np.testing.assert_array_equal(bands, again)
+
+
+def test_dark_dropout_in_patches():
+    d = np.full((200, 200), 0.8, np.float32)
+    color = np.full((200, 200, 3), 10, np.uint8)  # all dark
+    quiet = dict(disparity_std=0.0, edge_dropout=0.0, holes_per_megapixel=0.0, dark_dropout=0.1)
+    speckle = np.isnan(SensorNoise(**quiet).apply_depth(d, 600.0, _rng(6), color=color))
+    patches = np.isnan(SensorNoise(dark_blob_px=10.0, **quiet).apply_depth(d, 600.0, _rng(6), color=color))
+    assert 0.07 < speckle.mean() < 0.13 and 0.03 < patches.mean() < 0.2
+    assert np.median(_blobs(patches)) >= 50 and np.median(_blobs(speckle)) <= 2
+
+
+def test_new_noise_options_are_checked():
+    for bad in (dict(noise_cell_px=0.5), dict(smooth_ksize=7), dict(edge_band_px=-1), dict(dark_blob_px=-2.0)):
+        with pytest.raises(SceneError):
+            SensorNoise(**bad)
 
 
 # ------------------------------------------------------------------------------------------------ sensors, recipe
@@ -171,6 +253,14 @@ def test_random_sensor_draws_real_sensor_families():
         assert isinstance(k, Intrinsics) and k.width == 640 and k.height in (360, 480, 576)
         assert 250 < k.fx < 1200 and abs(k.cx - 319.5) < 20
         assert noise.max_depth > noise.min_depth
+        # broad ranges around real structured-light / stereo / ToF depth (docs/depth_stats.md)
+        assert noise.dark_dropout <= 0.1 and noise.dark_blob_px >= 4 and 1 <= noise.edge_band_px <= 2
+        assert 1.0 <= noise.noise_cell_px <= 3.0 and noise.smooth_ksize in (0, 3, 5)
+        assert 0.01 <= abs(noise.registration_baseline) <= 0.035 and noise.holes_per_megapixel <= 15
+        sigma_1m = noise.disparity_std / (k.fx * noise.baseline)  # depth noise (m) at 1 m before smoothing
+        assert 0.0005 <= sigma_1m <= 0.0025
+        if name in ("xtion_kinect1", "narrow_fov"):  # registration band opposite the projector shadow
+            assert noise.shadow_baseline * noise.registration_baseline < 0
         seen.add(name)
         again = random_sensor(_rng(s), 640)
         assert again[0] == name and again[1] == k

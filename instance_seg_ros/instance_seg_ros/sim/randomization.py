@@ -70,20 +70,30 @@ def random_sensor(rng: np.random.Generator, width: int = 640) -> tuple[str, Intr
     cy = (height - 1) / 2.0 + float(rng.normal(0, 4))
     k = Intrinsics(f, f * float(rng.uniform(0.995, 1.005)), cx, cy, int(width), int(height))
     sign = 1.0 if rng.random() < 0.5 else -1.0
-    if preset.kind == "tof":
-        noise = SensorNoise(baseline=0.05, disparity_std=float(rng.uniform(0.02, 0.08)), subpixel=1 / 64,
-                            edge_dropout=float(rng.uniform(0.5, 0.9)), holes_per_megapixel=float(rng.uniform(5, 25)),
-                            min_depth=preset.min_depth, max_depth=preset.max_depth,
-                            correlated_std=float(rng.uniform(0.0, 0.004)), dark_dropout=float(rng.uniform(0.2, 0.7)),
-                            misregistration_px=int(rng.integers(0, 3)), color_std=0.0)
-    else:
-        noise = SensorNoise(baseline=preset.baseline, disparity_std=float(rng.uniform(0.05, 0.2)),
+    # The depth camera's own focal length at 640 px: registered to a longer color lens, one depth pixel covers
+    # several color pixels (Xtion 570 px under YCB-Video's 1067 px color: ~1.9 px cells).
+    depth_fx = float(rng.uniform(*{"structured": (560.0, 590.0), "stereo": (380.0, 600.0), "tof": (450.0, 510.0)}[
+        preset.kind]))
+    cell = min(3.0, max(1.0, f * 640.0 / width / depth_fx))
+    # Depth noise (mm RMS at 1 m, before smoothing), as a disparity std at this focal length and baseline.
+    sigma_1m = float(rng.uniform(*{"structured": (0.5, 1.8), "stereo": (0.8, 2.5), "tof": (0.5, 2.0)}[preset.kind]))
+    common = dict(noise_cell_px=cell, smooth_ksize=int(rng.choice((0, 3, 5), p=(0.3, 0.4, 0.3))),
+                  edge_dropout=float(rng.uniform(0.5, 0.95)), edge_band_px=int(rng.integers(1, 3)),
+                  holes_per_megapixel=float(rng.uniform(2, 15)), hole_radius=float(rng.uniform(0.01, 0.03)),
+                  dark_dropout=float(rng.uniform(0.0, 0.1)), dark_blob_px=float(rng.uniform(4, 16)),
+                  min_depth=preset.min_depth, max_depth=preset.max_depth, color_std=0.0)
+    if preset.kind == "tof":  # no projector shadow; the depth camera sits 1-3.5 cm beside the color camera
+        noise = SensorNoise(baseline=0.05, disparity_std=sigma_1m * 1e-3 * f * 0.05, subpixel=1 / 64,
+                            correlated_std=float(rng.uniform(0.0, 0.003)),
+                            registration_baseline=sign * float(rng.uniform(0.01, 0.035)),
+                            misregistration_px=int(rng.integers(0, 3)), **common)
+    else:  # the projector (structured) or right camera (stereo) on one side, the color camera on either
+        reg_sign = -sign if preset.kind == "structured" else (1.0 if rng.random() < 0.5 else -1.0)
+        noise = SensorNoise(baseline=preset.baseline, disparity_std=sigma_1m * 1e-3 * f * preset.baseline,
                             subpixel=1 / 8 if preset.kind == "structured" else 1 / 16,
-                            edge_dropout=float(rng.uniform(0.3, 0.8)), holes_per_megapixel=float(rng.uniform(5, 40)),
-                            min_depth=preset.min_depth, max_depth=preset.max_depth,
-                            correlated_std=float(rng.uniform(0.0, 0.006)),
-                            shadow_baseline=sign * preset.baseline, dark_dropout=float(rng.uniform(0.0, 0.5)),
-                            misregistration_px=int(rng.integers(0, 4)), color_std=0.0)
+                            correlated_std=float(rng.uniform(0.0, 0.004)), shadow_baseline=sign * preset.baseline,
+                            registration_baseline=reg_sign * float(rng.uniform(0.015, 0.035)),
+                            misregistration_px=int(rng.integers(0, 4)), **common)
     return preset.name, k, noise
 
 
