@@ -131,13 +131,13 @@ class _OomPredictor:
         else:
             super().__setattr__(name, value)
 
-    def predict(self, color, depth=None):
+    def predict(self, color, depth=None, **kwargs):
         import torch
 
         self.sizes.append(self._p.input_size(*color.shape[:2]))
         if len(self.sizes) <= self.fail:
             raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB (injected)")
-        return self._p.predict(color, depth)
+        return self._p.predict(color, depth, **kwargs)
 
 
 def test_cuda_oom_retries_once_at_reduced_size_then_skips():

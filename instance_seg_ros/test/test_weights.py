@@ -57,14 +57,14 @@ def trained_like():
     return model, meta
 
 
-def _image(seed: int = 0) -> torch.Tensor:
+def _image(seed: int = 0, channels: int = 3) -> torch.Tensor:
     g = torch.Generator().manual_seed(seed)
-    return torch.rand(3, H, W, generator=g)
+    return torch.rand(channels, H, W, generator=g)
 
 
 def _outputs(model) -> dict[str, torch.Tensor]:
     with torch.inference_mode():
-        return model.eval()([_image()])[0]
+        return model.eval()([_image(channels=model.in_channels)])[0]
 
 
 def test_meta_is_json_and_round_trips(trained_like):

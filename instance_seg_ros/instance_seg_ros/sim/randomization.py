@@ -169,8 +169,9 @@ def random_object_spec(rng: np.random.Generator, cfg: SceneConfig) -> ObjectSpec
         shape = str(rng.choice(PRIMITIVES))
         if shape == "box":
             size = rng.uniform(*cfg.box_size, size=3)
-            size[int(rng.integers(0, 3))] *= float(rng.uniform(*cfg.box_aspect))  # cereal boxes are flat and tall
-            size = tuple(np.minimum(size, max(cfg.box_size[1], 0.3)))
+            if cfg.box_aspect != (1.0, 1.0):  # cereal boxes are flat and tall (no draw otherwise: plain stream kept)
+                size[int(rng.integers(0, 3))] *= float(rng.uniform(*cfg.box_aspect))
+                size = np.minimum(size, max(cfg.box_size[1], 0.3))
         elif shape == "cylinder":
             size = (float(rng.uniform(*cfg.cylinder_radius)), float(rng.uniform(*cfg.cylinder_length)))
         else:

@@ -180,7 +180,7 @@ def mask_overlap_keep(masks: torch.Tensor, threshold: float, stride: int = 4) ->
     inside = (inter / area[:, None].clamp_min(1.0)).cpu().numpy()  # [i, j]: share of i inside j
     keep: list[int] = []
     for i in range(n):
-        if area[i] > 0 and all(inside[i, j] <= threshold for j in keep):
+        if all(inside[i, j] <= threshold for j in keep):  # an empty mask overlaps nothing: kept
             keep.append(i)
     return torch.as_tensor(keep, dtype=torch.long, device=masks.device)
 
