@@ -13,8 +13,8 @@ import numpy as np
 __all__ = ["OUTSIDE_NETWORK", "STAGES", "RssSampler", "stats"]
 
 #: Stages timed per run, in pipeline order.
-STAGES = ("decode", "preprocess", "inference", "postprocess", "lift", "support_plane", "cloud_filter", "geometry",
-          "message")
+STAGES = ("decode", "proposals", "preprocess", "inference", "postprocess", "lift", "support_plane", "cloud_filter",
+          "geometry", "message")
 #: Stages outside the network (the issue's "overhead"): everything but ``inference``.
 OUTSIDE_NETWORK = tuple(s for s in STAGES if s != "inference")
 
