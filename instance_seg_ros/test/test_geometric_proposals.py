@@ -76,3 +76,25 @@ def test_mask_overlap_keep_drops_parts_and_duplicates_of_better_detections():
     w[1, 0:20, 0:20] = True
     assert mask_overlap_keep(w, 0.5, stride=1).tolist() == [0, 1]
     assert mask_overlap_keep(m[:1], 0.5).tolist() == [0]
+
+
+# ------------------------------------------------------------------------------------------------ model.proposals
+def test_model_proposals_sets_the_rpn_budget():
+    from instance_seg_ros.core.config import Config
+    from instance_seg_ros.core.pipeline import Segmenter
+
+    cfg = Config.from_flat({"model.weights": "none", "model.backbone": "mobilenet_v3_large_fpn",
+                            "model.device": "cpu", "model.warmup": False, "model.proposals": 50})
+    seg = Segmenter(cfg)
+    seg.load()
+    rpn = seg.predictor.model.rpn
+    color = np.zeros((120, 160, 3), np.uint8)
+    depth = np.full((120, 160), 1.0, np.float32)
+    seg.predictor.predict(color, depth)
+    assert rpn._post_nms_top_n["testing"] == 50 and rpn._pre_nms_top_n["testing"] == 1000
+    seg.update_config(cfg.replace(**{"model.proposals": 2000}))  # at run time
+    seg.predictor.predict(color, depth)
+    assert rpn._post_nms_top_n["testing"] == 2000 and rpn._pre_nms_top_n["testing"] == 2000
+    seg.update_config(cfg.replace(**{"model.proposals": 0}))  # the model's own
+    seg.predictor.predict(color, depth)
+    assert rpn._post_nms_top_n["testing"] == 300

@@ -141,6 +141,12 @@ class ModelConfig:
     max_size: int = _p(
         0, "Network input long side cap in pixels; 0 = the camera's own resolution.", low=0, high=8192
     )
+    proposals: int = _p(
+        0,
+        "Region proposals the RPN passes to the box head per frame (after its NMS); 0 = the model's own setting "
+        "(300 for the bundled model). Fewer is faster, more can find more objects in clutter.",
+        low=0, high=5000, dynamic=True,
+    )
     geometric_proposals: str = _p(
         "auto",
         "auto = when the support plane is found (filter.support_plane), clusters of depth above it are added to "

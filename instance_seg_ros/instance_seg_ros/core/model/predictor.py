@@ -284,6 +284,7 @@ class Predictor:
         nms_threshold: float = 0.5,
         mask_nms_threshold: float = 1.0,
         max_instances: int = 30,
+        proposals: int = 0,
         min_size: int = 0,
         max_size: int = 0,
         threads: int = 0,
@@ -319,6 +320,11 @@ class Predictor:
         self.nms_threshold = 0.5
         self.mask_nms_threshold = 1.0
         self.max_instances = 30
+        self.proposals = 0
+        # the model's own RPN test settings (as built; the live values may have been changed by another Predictor)
+        built = getattr(model, "builder_kwargs", {}) or {}
+        self._model_proposals = int(built.get("rpn_post_nms_top_n_test", model.rpn._post_nms_top_n["testing"]))
+        self._model_pre_nms = int(built.get("rpn_pre_nms_top_n_test", model.rpn._pre_nms_top_n["testing"]))
         self.min_size = 0
         self.max_size = 0
         self.update(
@@ -327,6 +333,7 @@ class Predictor:
             nms_threshold=nms_threshold,
             mask_nms_threshold=mask_nms_threshold,
             max_instances=max_instances,
+            proposals=proposals,
             min_size=min_size,
             max_size=max_size,
         )
@@ -357,10 +364,10 @@ class Predictor:
 
     def update(self, **settings: Any) -> None:
         """Change run-time settings: ``score_threshold``, ``mask_threshold``, ``nms_threshold``,
-        ``mask_nms_threshold`` (floats in [0, 1]), ``max_instances`` (≥ 1), ``min_size`` / ``max_size`` (≥ 0,
-        0 = native)."""
+        ``mask_nms_threshold`` (floats in [0, 1]), ``max_instances`` (≥ 1), ``proposals`` (RPN proposals kept
+        after its NMS, 0 = the model's own), ``min_size`` / ``max_size`` (≥ 0, 0 = native)."""
         floats = ("score_threshold", "mask_threshold", "nms_threshold", "mask_nms_threshold")
-        ints = {"max_instances": 1, "min_size": 0, "max_size": 0}
+        ints = {"max_instances": 1, "proposals": 0, "min_size": 0, "max_size": 0}
         for k, v in settings.items():
             if k in floats:
                 if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0.0 <= v <= 1.0:
@@ -423,6 +430,9 @@ class Predictor:
         rh.score_thresh = self.score_threshold
         rh.nms_thresh = self.nms_threshold
         rh.detections_per_img = self.max_instances
+        post = self.proposals or self._model_proposals
+        model.rpn._post_nms_top_n["testing"] = post
+        model.rpn._pre_nms_top_n["testing"] = max(self._model_pre_nms, post)
         min_s, max_s = self.input_size(h, w)
         model.transform.min_size = (min_s,)
         model.transform.max_size = max_s
