@@ -28,6 +28,7 @@ from typing import NamedTuple
 import numpy as np
 
 from ..core.geometry import quaternion_to_matrix
+from .camera import ray_grid
 from .errors import SceneError
 from .textures import packaging_texture, sheet_texture, surface_texture
 
@@ -133,9 +134,10 @@ class Appearance:
         valid = np.isfinite(z) & (z > 0)
         us, vs = np.meshgrid(np.arange(w, dtype=np.float32), np.arange(h, dtype=np.float32))
         zz = np.where(valid, z, np.nan)
-        pts = np.stack([(us - k.cx) / k.fx * zz, (vs - k.cy) / k.fy * zz, zz], axis=-1)
+        gx, gy = ray_grid(k.fx, k.fy, k.cx, k.cy, w, h)  # the simulator's cached per-pixel x/z, y/z
+        pts = np.stack([gx * zz, gy * zz, zz], axis=-1)
         normals = surface_normals(pts)
-        c2w = np.linalg.inv(frame.world_to_camera)
+        c2w = frame.camera.camera_to_world
         rot_w, t_w = c2w[:3, :3].astype(np.float32), c2w[:3, 3].astype(np.float32)
         ids = frame.visible_ids
         albedo = frame.color.astype(np.float32)
@@ -282,7 +284,7 @@ class Appearance:
         obj = valid & (frame.visible_ids > 0)
         if not obj.any() or light_w[2] < 0.1:
             return np.zeros((h, w), np.float32)
-        c2w = np.linalg.inv(frame.world_to_camera)
+        c2w = frame.camera.camera_to_world
         pw = pts[obj] @ c2w[:3, :3].T + c2w[:3, 3]
         height = pw[:, 2] - support_z
         keep = height > 0.003

@@ -454,7 +454,7 @@ class Predictor:
                 if extra_proposals is not None and len(extra_proposals):
                     nh, nw = images.image_sizes[0]
                     extra = torch.as_tensor(np.asarray(extra_proposals, np.float32), device=proposals[0].device)
-                    extra = extra * torch.tensor([nw / w, nh / h, nw / w, nh / h], device=extra.device)
+                    extra = resize_boxes(extra, [h, w], [nh, nw])  # frame pixels -> network input pixels
                     proposals = [torch.cat([proposals[0], extra.to(proposals[0].dtype)])]
                 dets, _ = model.roi_heads(features, proposals, images.image_sizes)
             self._sync()
