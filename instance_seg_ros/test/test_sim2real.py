@@ -95,6 +95,29 @@ def test_flat_sheets_are_background(rendered):
     assert hits > 0  # sheets were drawn on the table
 
 
+def _same_look(frame, look) -> bool:
+    """Whether the two flat-painted objects of ``rendered`` share one color: shading and gamma change brightness,
+    not the log-ratios between channels."""
+    chroma = []
+    for o in frame.ground_truth:
+        px = look.color[o.visible_mask].astype(float) + 1.0
+        ok = (px < 250).all(axis=1)  # clipped highlights would shift the ratio
+        lg = np.log(px[ok])
+        chroma.append(np.median(lg[:, [0, 2]] - lg[:, [1]], axis=0))
+    return bool(np.abs(chroma[0] - chroma[1]).max() < 0.05)
+
+
+def test_shared_looks_paint_neighbours_alike(rendered):
+    _, _, frame = rendered
+    plain = dict(object_texture_probability=0.0, sheets=(0, 0), glossy_object_probability=0.0, blur_probability=0.0,
+                 jpeg_probability=0.0, color_noise=(0.0, 0.0), shadow_probability=0.0)
+    shared = Appearance(shared_look_probability=1.0, shared_look_fraction=1.0, **plain)
+    same = [_same_look(frame, shared.apply(frame, _rng(s), support_z=0.625)) for s in range(8)]
+    assert 2 <= sum(same) < 8  # 1-3 looks per frame: two objects often, not always, share one
+    with pytest.raises(SceneError):
+        Appearance(shared_look_probability=2.0)
+
+
 def test_appearance_rejects_bad_ranges():
     with pytest.raises(SceneError):
         Appearance(glossy_object_probability=1.5)

@@ -103,11 +103,15 @@ class Appearance:
     jpeg_probability: float = 0.5
     color_noise: tuple[float, float] = (1.0, 6.0)
     vignetting: float = 0.35
+    #: per frame: draw 1-3 shared looks (a plain color or one packaging print) and give each object one of them
+    #: with probability ``shared_look_fraction``: identical products side by side, same-colored objects touching
+    shared_look_probability: float = 0.0
+    shared_look_fraction: float = 0.7
 
     def __post_init__(self) -> None:
         for name in ("object_texture_probability", "surface_texture_probability", "glossy_object_probability",
                      "glossy_surface_probability", "shadow_probability", "blur_probability", "jpeg_probability",
-                     "vignetting"):
+                     "vignetting", "shared_look_probability", "shared_look_fraction"):
             if not 0 <= getattr(self, name) <= 1:
                 raise SceneError(f"Appearance.{name} must be within [0, 1], got {getattr(self, name)!r}.")
         for name in ("sheets", "ambient", "exposure", "color_noise"):
@@ -177,11 +181,21 @@ class Appearance:
             albedo[bg] = vals
 
         # ---- objects
+        shared: list | None = None
+        if self.shared_look_probability > 0 and rng.random() < self.shared_look_probability:
+            shared = [None] * int(rng.integers(1, 4))  # drawn when first used
         for o in frame.objects:
             m = valid & (ids == o.id)
             if not m.any():
                 continue
-            self._object_albedo(rng, o, m, pts, normals, albedo)
+            look = None
+            if shared is not None and rng.random() < self.shared_look_fraction:
+                i = int(rng.integers(0, len(shared)))
+                if shared[i] is None:
+                    shared[i] = (packaging_texture(rng, _TEX) if rng.random() < self.object_texture_probability
+                                 else rng.uniform(15, 240, size=3).astype(np.float32))
+                look = shared[i]
+            self._object_albedo(rng, o, m, pts, normals, albedo, look)
             if rng.random() < self.glossy_object_probability:
                 gloss[m] = rng.uniform(0.3, 1.0)
                 shininess[m] = rng.uniform(10, 120)
@@ -225,11 +239,16 @@ class Appearance:
         az, el = rng.uniform(0, 2 * math.pi), math.radians(rng.uniform(*elevation))
         return np.array([math.cos(el) * math.cos(az), math.cos(el) * math.sin(az), math.sin(el)])
 
-    def _object_albedo(self, rng, o, m, pts, normals, albedo) -> None:
-        if rng.random() >= self.object_texture_probability:
+    def _object_albedo(self, rng, o, m, pts, normals, albedo, look=None) -> None:
+        """Paint object ``o``: ``look`` None = its own (a print with ``object_texture_probability``, else its flat
+        color), an RGB vector = that flat color, an image = that print."""
+        if look is not None and np.ndim(look) == 1:
+            albedo[m] = look
+            return
+        if look is None and rng.random() >= self.object_texture_probability:
             albedo[m] = np.median(albedo[m], axis=0)
             return
-        tex = packaging_texture(rng, _TEX)
+        tex = packaging_texture(rng, _TEX) if look is None else look
         rot = quaternion_to_matrix(np.asarray(o.quat)).astype(np.float32)
         p = (pts[m] - np.asarray(o.position, np.float32)) @ rot  # object frame
         n = normals[m] @ rot

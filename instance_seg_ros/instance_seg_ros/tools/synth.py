@@ -135,7 +135,7 @@ def render_scene(out: str | Path, index: int, params: SynthParams) -> dict[str, 
                               supports=params.supports)
     k = d435_intrinsics(params.width, params.height)
     noise = SensorNoise() if params.noise else None
-    appearance = Appearance() if sim2real else None
+    appearance = Appearance(shared_look_probability=0.35) if sim2real else None
     sensor = "d435"
     images, annotations = [], []
     with Scene.random(seed, cfg, min_visible_pixels=params.min_visible_pixels) as scene:
