@@ -1,4 +1,5 @@
-"""core/geometry.py: quaternions, centroid, and the tight oriented box on known boxes and degenerate clouds."""
+"""core/geometry.py: quaternions, centroid, the tight oriented box and the boxes standing on a support plane on known
+boxes and degenerate clouds; ``geometry.box_mode`` in the config and the pipeline's geometry stage."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from instance_seg_ros.core.config import Config, ConfigError
 from instance_seg_ros.core.geometry import (
     box_corners,
     centroid,
@@ -17,7 +19,11 @@ from instance_seg_ros.core.geometry import (
     oriented_box,
     quaternion_angle,
     quaternion_to_matrix,
+    support_boxes,
 )
+from instance_seg_ros.core.pipeline import attach_geometry, box_plane
+from instance_seg_ros.core.support_plane import SupportPlane
+from instance_seg_ros.core.types import InstanceResult, Intrinsics
 
 
 def random_rotation(rng: np.random.Generator) -> np.ndarray:
@@ -237,3 +243,283 @@ def test_speed_of_typical_instance_cloud():
         oriented_box(pts)
     ms = (time.perf_counter() - t0) / 3 * 1e3
     assert ms < 200, f"oriented_box took {ms:.1f} ms for 20k points"
+
+
+# ---------------------------------------------------------------------------------------- boxes on a support plane
+# a table tilted in the camera frame (normal towards the camera, 0.8 m below it along the normal)
+TABLE = SupportPlane(normal=np.array([0.2, -0.85, -0.45]) / np.linalg.norm([0.2, -0.85, -0.45]), offset=0.8,
+                     support=0.5, inliers=1000)
+
+
+def table_axes(normal: np.ndarray, yaw: float) -> np.ndarray:
+    """Columns x, y, z of a box standing on a plane: z = normal, x at ``yaw`` from a fixed direction in the plane."""
+    e = np.cross([0.0, 0.0, 1.0], normal)
+    e /= np.linalg.norm(e)
+    f = np.cross(normal, e)
+    x = math.cos(yaw) * e + math.sin(yaw) * f
+    return np.stack([x, np.cross(normal, x), normal], axis=1)
+
+
+def box_on_table(rng: np.random.Generator, size: np.ndarray, yaw: float, shift: np.ndarray, n: int = 4000,
+                 noise: float = 0.0005, plane: SupportPlane = TABLE):
+    """Points on the five faces of a box (all but the bottom) standing on ``plane``, with Gaussian noise.
+
+    Returns:
+        (points [n, 3], center [3], axes [3, 3] columns x, y, z).
+    """
+    R = table_axes(plane.normal, yaw)
+    foot = -plane.offset * plane.normal + R[:, :2] @ shift  # a point on the plane
+    center = foot + plane.normal * size[2] / 2
+    p = surface_samples(rng, size, 2 * n)
+    p = p[p[:, 2] > -size[2] / 2 + 1e-12][:n]  # not the bottom face
+    return p @ R.T + center + rng.normal(scale=noise, size=p.shape), center, R
+
+
+def yaw_error_deg(x: np.ndarray, x_true: np.ndarray) -> float:
+    """Angle between two directions, modulo 180 degrees."""
+    return float(np.degrees(np.arccos(min(1.0, abs(float(x @ x_true))))))
+
+
+def test_support_boxes_recover_yaw_size_and_center_on_a_tilted_table():
+    rng = np.random.default_rng(20)
+    clouds, truth = [], []
+    for _ in range(12):
+        size = np.array([rng.uniform(0.08, 0.3), 0.0, rng.uniform(0.03, 0.3)])
+        size[1] = rng.uniform(0.03, size[0] - 0.02)  # the longer side is x
+        yaw = rng.uniform(-math.pi, math.pi)
+        pts, center, R = box_on_table(rng, size, yaw, rng.uniform(-0.3, 0.3, 2))
+        clouds.append(pts.astype(np.float32))
+        truth.append((size, center, R))
+    boxes = support_boxes(clouds, TABLE)
+    assert len(boxes) == len(clouds)
+    for box, (size, center, R) in zip(boxes, truth, strict=True):
+        c, q, s = box
+        assert c.dtype == q.dtype == s.dtype == np.float64 and c.shape == s.shape == (3,) and q.shape == (4,)
+        assert np.linalg.norm(q) == pytest.approx(1.0) and q[3] >= 0
+        axes = quaternion_to_matrix(q)
+        np.testing.assert_allclose(axes.T @ axes, np.eye(3), atol=1e-9)
+        assert np.linalg.det(axes) == pytest.approx(1.0)
+        np.testing.assert_allclose(axes[:, 2], TABLE.normal, atol=1e-6)  # z = the plane's normal, up
+        np.testing.assert_allclose(axes[:, 1], np.cross(axes[:, 2], axes[:, 0]), atol=1e-9)
+        x = axes[:, 0]
+        assert x[np.argmax(np.abs(x))] > 0
+        assert yaw_error_deg(x, R[:, 0]) < 2.0
+        np.testing.assert_allclose(s, size, atol=4e-3)  # (long, short, height); 0.5 mm noise widens it a little
+        np.testing.assert_allclose(c, center, atol=2e-3)
+
+
+def test_support_boxes_contain_their_points_and_match_the_plane_frame():
+    """Exact points: the box holds every point, its bottom lies on the lowest point, and a free fit of the same
+    points (all faces but the bottom: a whole box) finds the same box up to the order and signs of its axes."""
+    rng = np.random.default_rng(21)
+    size = np.array([0.2, 0.1, 0.06])
+    pts, center, R = box_on_table(rng, size, 0.7, np.array([0.05, -0.1]), noise=0.0)
+    (c, q, s), = support_boxes([pts], TABLE)
+    assert_contains(pts, c, q, s, tol=1e-6)
+    assert TABLE.height(pts).min() == pytest.approx(c @ TABLE.normal + TABLE.offset - s[2] / 2, abs=1e-6)
+    cf, qf, sf = oriented_box(pts)
+    np.testing.assert_allclose(sf, s, atol=1e-4)
+    np.testing.assert_allclose(cf, c, atol=1e-4)
+    assert axes_angle_deg(quaternion_to_matrix(qf), quaternion_to_matrix(q)) < 0.1
+
+
+def test_support_boxes_quaternion_matches_its_axes_for_every_yaw():
+    rng = np.random.default_rng(22)
+    for yaw in np.linspace(-math.pi, math.pi, 37):
+        pts, _, R = box_on_table(rng, np.array([0.15, 0.05, 0.04]), yaw, np.zeros(2), n=800, noise=0.0)
+        (_, q, _), = support_boxes([pts], TABLE)
+        axes = quaternion_to_matrix(q)
+        np.testing.assert_allclose(matrix_to_quaternion(axes), q, atol=1e-9)  # w >= 0 as matrix_to_quaternion
+        assert yaw_error_deg(axes[:, 0], R[:, 0]) < 1e-3
+
+
+def test_support_boxes_degenerate_inputs():
+    n = TABLE.normal
+    e = table_axes(n, 0.3)[:, 0]
+    base = -TABLE.offset * n
+    line = base + np.linspace(0, 0.2, 50)[:, None] * e  # collinear, on the table
+    vertical = base + np.linspace(0, 0.1, 50)[:, None] * n  # a vertical segment
+    with_nan = np.concatenate([line, [[np.nan, 0.0, 1.0], [np.inf, 0.0, 1.0]]])
+    boxes = support_boxes(
+        [np.zeros((0, 3)), line[:2], np.full((3, 3), np.nan), line, vertical, np.repeat(base[None], 5, 0), with_nan,
+         np.zeros((0,))],
+        TABLE,
+    )
+    assert boxes[0] is None and boxes[1] is None and boxes[2] is None and boxes[7] is None  # < 3 finite points
+    c, q, s = boxes[3]
+    np.testing.assert_allclose(s, [0.2, 0.0, 0.0], atol=1e-6)
+    assert yaw_error_deg(quaternion_to_matrix(q)[:, 0], e) < 1e-3
+    np.testing.assert_allclose(c, base + 0.1 * e, atol=1e-6)
+    c, q, s = boxes[4]
+    np.testing.assert_allclose(s, [0.0, 0.0, 0.1], atol=1e-6)
+    np.testing.assert_allclose(quaternion_to_matrix(q)[:, 2], n, atol=1e-6)
+    np.testing.assert_allclose(c, base + 0.05 * n, atol=1e-6)
+    c, q, s = boxes[5]
+    np.testing.assert_allclose(s, 0.0, atol=1e-6)
+    np.testing.assert_allclose(c, base, atol=1e-6)
+    for a, b in zip(boxes[6], boxes[3], strict=True):  # non-finite rows are ignored
+        np.testing.assert_array_equal(a, b)
+    for box in boxes:
+        assert box is None or all(np.isfinite(v).all() for v in box)
+    assert support_boxes([], TABLE) == []
+
+
+def test_support_boxes_bad_inputs():
+    with pytest.raises(ValueError, match=r"points_list\[1\] must have shape \[N, 3\]"):
+        support_boxes([np.zeros((4, 3)), np.zeros((4, 2))], TABLE)
+    with pytest.raises(ValueError, match="unit vector"):
+        support_boxes([np.zeros((4, 3))], SupportPlane(np.array([0.0, 0.0, 2.0]), 1.0, 1.0, 10))
+
+
+def test_support_boxes_of_large_clouds_keep_their_hull():
+    """Footprints of more than 1,024 points drop the points inside their extreme-point octagon before the rectangle
+    search: the rectangle is still the one of all points (cv2.minAreaRect of the whole footprint)."""
+    import cv2
+
+    rng = np.random.default_rng(23)
+    for n, noise in ((20000, 0.0005), (6000, 0.01)):  # a box, and a blob with many points on its hull
+        pts, _, R = box_on_table(rng, np.array([0.25, 0.12, 0.1]), 1.1, np.zeros(2), n=n, noise=noise)
+        (c, q, s), = support_boxes([pts], TABLE)
+        _, wh, _ = cv2.minAreaRect((pts @ R[:, :2]).astype(np.float32))
+        np.testing.assert_allclose(s[:2], sorted(wh, reverse=True), atol=1e-5)
+        for a, b in zip((c, q, s), support_boxes([pts[::-1]], TABLE)[0], strict=True):  # order-independent
+            np.testing.assert_allclose(a, b, atol=1e-5)
+
+
+def test_support_boxes_speed():
+    rng = np.random.default_rng(24)
+    clouds = [box_on_table(rng, np.array([0.15, 0.08, 0.1]), rng.uniform(0, 3), rng.uniform(-0.3, 0.3, 2),
+                           n=3000)[0].astype(np.float32) for _ in range(30)]
+    support_boxes(clouds, TABLE)  # warm up (cv2 import)
+    t0 = time.perf_counter()
+    support_boxes(clouds, TABLE)
+    ms = (time.perf_counter() - t0) * 1e3
+    assert ms < 100, f"support_boxes took {ms:.1f} ms for 30 clouds of 3,000 points"
+
+
+# ---------------------------------------------------------------------------------------- geometry.box_mode
+def test_box_mode_option():
+    assert Config().geometry.box_mode == "auto"
+    for mode in ("auto", "support", "free"):
+        assert Config.from_flat({"geometry.box_mode": mode}).geometry.box_mode == mode
+    spec = Config.spec("geometry.box_mode")
+    assert spec.dynamic and spec.choices == ("auto", "support", "free") and "support plane" in spec.description
+    for bad in ("gravity", "Support", ""):
+        with pytest.raises(ConfigError, match=rf"geometry.box_mode must be one of auto, support, free, got '{bad}'"):
+            Config.from_flat({"geometry.box_mode": bad})
+    with pytest.raises(ConfigError, match="geometry.box_mode must be a string"):
+        Config.from_flat({"geometry.box_mode": 1})
+    with pytest.raises(ConfigError, match="geometry.box_mode"):
+        Config().replace(**{"geometry.box_mode": False})  # YAML's bare off: not a choice here
+
+
+def _instances(clouds):
+    return [InstanceResult(index=i + 1, class_id=1, class_name="object", score=1.0, bbox=(0, 0, 1, 1),
+                           mask=np.ones((1, 1), bool), amodal_bbox=(0, 0, 1, 1), amodal_mask=np.ones((1, 1), bool),
+                           occlusion=0.0, is_occluded=False, points=c) for i, c in enumerate(clouds)]
+
+
+def _table_depth(K: Intrinsics, plane: SupportPlane) -> np.ndarray:
+    """Depth image [H, W] float32 of ``plane`` seen by ``K`` (NaN where the ray misses it)."""
+    u, v = np.meshgrid(np.arange(K.width), np.arange(K.height))
+    rays = np.stack([(u - K.cx) / K.fx, (v - K.cy) / K.fy, np.ones(u.shape)], axis=-1)
+    with np.errstate(divide="ignore"):
+        z = -plane.offset / (rays @ plane.normal)
+    return np.where(z > 0, z, np.nan).astype(np.float32)
+
+
+def test_box_plane_per_mode():
+    K = Intrinsics(fx=150.0, fy=150.0, cx=79.5, cy=59.5, width=160, height=120)
+    flat = SupportPlane(normal=np.array([0.0, -0.5, -0.866]) / np.linalg.norm([0.0, -0.5, -0.866]), offset=0.8,
+                        support=1.0, inliers=1)
+    depth = _table_depth(K, flat)
+    cfg = {m: Config.from_flat({"geometry.box_mode": m}) for m in ("auto", "support", "free")}
+    assert box_plane(cfg["free"], TABLE, searched=True, depth=depth, K=K) is None
+    assert box_plane(cfg["auto"], TABLE, searched=True, depth=depth, K=K) is TABLE
+    assert box_plane(cfg["support"], TABLE, searched=True, depth=depth, K=K) is TABLE
+    assert box_plane(cfg["auto"], None, searched=False, depth=depth, K=K) is None  # auto never fits one
+    assert box_plane(cfg["support"], None, searched=True, depth=depth, K=K) is None  # searched: there is none
+    fitted = box_plane(cfg["support"], None, searched=False, depth=depth, K=K)
+    assert fitted is not None and fitted.offset == pytest.approx(0.8, abs=0.005)
+    np.testing.assert_allclose(fitted.normal, flat.normal, atol=0.01)
+    no_table = np.full_like(depth, np.nan)
+    assert box_plane(cfg["support"], None, searched=False, depth=no_table, K=K) is None  # then free
+
+
+def test_attach_geometry_free_and_support():
+    rng = np.random.default_rng(25)
+    clouds = [box_on_table(rng, np.array([0.2, 0.1, 0.05]), yaw, rng.uniform(-0.2, 0.2, 2), n=1500)[0]
+              .astype(np.float32) for yaw in (0.2, 1.0, 2.5)]
+    clouds += [clouds[0][:2], clouds[1][:5], np.zeros((0, 3), np.float32)]
+    free, support = _instances(clouds), _instances(clouds)
+    attach_geometry(free, 3)
+    attach_geometry(support, 3, plane=TABLE)
+    boxes = support_boxes(clouds[:3], TABLE)
+    for i, (f, s) in enumerate(zip(free, support, strict=True)):
+        np.testing.assert_array_equal(f.centroid, s.centroid)
+        if i < 3:  # free: exactly oriented_box; support: exactly support_boxes of the frame
+            for a, b in zip((f.box_center, f.box_quat, f.box_size), oriented_box(clouds[i]), strict=True):
+                np.testing.assert_array_equal(a, b)
+            for a, b in zip((s.box_center, s.box_quat, s.box_size), boxes[i], strict=True):
+                np.testing.assert_array_equal(a, b)
+        elif i == 4:  # 5 points: a box in both modes (support: standing on the table)
+            assert f.box_size.any() and s.box_size.any()
+            np.testing.assert_allclose(quaternion_to_matrix(s.box_quat)[:, 2], TABLE.normal, atol=1e-6)
+        else:  # fewer than min_points (or none): no box, the defaults
+            for inst in (f, s):
+                np.testing.assert_array_equal(inst.box_size, 0.0)
+                np.testing.assert_array_equal(inst.box_quat, [0, 0, 0, 1])
+    single = _instances(clouds[:1])[0]
+    attach_geometry(single, 10)  # one instance, as tools/baseline.py calls it: the free fit
+    np.testing.assert_array_equal(single.box_quat, free[0].box_quat)
+
+
+def test_pipeline_geometry_stage_per_box_mode():
+    """The Segmenter on a small tabletop frame with an untrained model: with the table found, auto and support stand
+    every box on it; free and auto-without-a-plane give oriented_box's boxes; the plain (reference) path the same."""
+    import torch
+
+    from instance_seg_ros.core.pipeline import Segmenter
+
+    W, H = 160, 120
+    K = Intrinsics(fx=150.0, fy=150.0, cx=79.5, cy=59.5, width=W, height=H)
+    rng = np.random.default_rng(0)
+    color = np.full((H, W, 3), 200, np.uint8)
+    depth = np.full((H, W), 0.8, np.float32)
+    for _ in range(4):  # boxes standing above the table
+        x, y = rng.integers(0, W - 40), rng.integers(0, H - 30)
+        color[y : y + 30, x : x + 40] = rng.integers(0, 255, 3)
+        depth[y : y + 30, x : x + 40] = rng.uniform(0.6, 0.7)
+    torch.manual_seed(0)
+    base = Config.from_flat({
+        "model.weights": "none", "model.backbone": "resnet18_fpn", "model.device": "cpu", "model.warmup": False,
+        "model.score_threshold": 0.0, "model.mask_threshold": 0.0, "model.max_instances": 4, "model.proposals": 50,
+        "model.min_size": 60, "model.max_size": 80,
+        "model.geometric_proposals": "off", "filter.support_plane": "off", "model.mask_nms_threshold": 1.0,
+    })
+    seg = Segmenter(base)
+    seg.load()
+    results = {}
+    for mode, check in (("support", "off"), ("auto", "auto"), ("auto", "off"), ("free", "auto")):
+        seg.update_config(base.replace(**{"geometry.box_mode": mode, "filter.support_plane": check}))
+        results[mode, check] = seg.process(color, depth, K)
+    seg.update_config(base.replace(**{"geometry.box_mode": "auto", "filter.support_plane": "auto"}))
+    seg.reference = True  # the plain path of the postprocessing and lifting (the same network)
+    reference = seg.process(color, depth, K)
+    for (mode, check), res in results.items():
+        assert "geometry" in res.timings and res.timings["geometry"] >= 0
+        boxed = [i for i in res.instances if i.num_points >= 10]
+        assert boxed, f"{mode}, {check}: no instance with points"
+        for inst in boxed:
+            axes = quaternion_to_matrix(inst.box_quat)
+            if mode == "support" or (mode == "auto" and check == "auto"):  # the table: depth 0.8, normal -z
+                np.testing.assert_allclose(axes[:, 2], [0, 0, -1], atol=2e-3)
+                assert inst.box_size[2] <= 0.8 - 0.6 + 1e-3  # heights along the normal, not the longest side
+            else:
+                for a, b in zip((inst.box_center, inst.box_quat, inst.box_size), oriented_box(inst.points),
+                                strict=True):
+                    np.testing.assert_array_equal(a, b)
+    for a, b in zip(results["auto", "auto"].instances, reference.instances, strict=True):  # the same boxes
+        np.testing.assert_allclose(a.box_center, b.box_center, atol=1e-6)
+        np.testing.assert_allclose(a.box_size, b.box_size, atol=1e-6)
+        assert quaternion_angle(a.box_quat, b.box_quat) < 1e-6

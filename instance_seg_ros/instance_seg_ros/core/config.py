@@ -27,6 +27,7 @@ __all__ = [
     "ConfigError",
     "DepthConfig",
     "FilterConfig",
+    "GeometryConfig",
     "InputConfig",
     "ModelConfig",
     "OcclusionConfig",
@@ -187,6 +188,20 @@ class CloudConfig:
 
 
 @dataclass(frozen=True)
+class GeometryConfig:
+    box_mode: str = _p(
+        "auto",
+        "The 3D box of each instance (box_pose, box_size). support = standing on the support plane (gravity-aligned): "
+        "z = the plane's normal (up), x = the longer side of the smallest rectangle around the points projected onto "
+        "the plane, y = z cross x; size = (long, short, height from the lowest to the highest point); 0.1-1 ms an "
+        "instance (the plane is fitted for this when the frame has none; no plane: free). free = the tightest box in "
+        "any orientation (axes by decreasing size; 4-10 ms an instance). auto = support when the frame already has a "
+        "support plane (filter.support_plane or model.geometric_proposals found one), else free.",
+        choices=("auto", "support", "free"), dynamic=True,
+    )
+
+
+@dataclass(frozen=True)
 class FilterConfig:
     support_plane: str = _p(
         "auto",
@@ -237,6 +252,7 @@ _SECTIONS = {
     "model": ModelConfig,
     "depth": DepthConfig,
     "cloud": CloudConfig,
+    "geometry": GeometryConfig,
     "filter": FilterConfig,
     "occlusion": OcclusionConfig,
     "input": InputConfig,
@@ -316,6 +332,7 @@ class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     depth: DepthConfig = field(default_factory=DepthConfig)
     cloud: CloudConfig = field(default_factory=CloudConfig)
+    geometry: GeometryConfig = field(default_factory=GeometryConfig)
     filter: FilterConfig = field(default_factory=FilterConfig)
     occlusion: OcclusionConfig = field(default_factory=OcclusionConfig)
     input: InputConfig = field(default_factory=InputConfig)

@@ -9,7 +9,7 @@ occlusion = ``1 - visible / amodal area`` of the masks, label image), ``lift`` (
 vectorized pass), ``support_plane`` (``filter.support_plane: auto``: the dominant plane of the depth, and the
 detections lying on it or behind it dropped: print, paper, highlights, the floor beyond the table; see
 :func:`support_plane_check`), ``cloud_filter`` (optional voxel / outlier filtering) and ``geometry`` (centroids,
-oriented boxes).
+3D boxes: ``geometry.box_mode``, see :func:`box_plane`).
 
 Fast paths (``Segmenter(reference=True)`` runs the plain ones, for checks): the network at the camera's (or
 the configured) resolution under ``inference_mode``, channels-last and fp16/bf16 autocast on CUDA; masks stay
@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -30,15 +30,24 @@ import torch
 
 from .config import CloudConfig, Config
 from .geometric_proposals import cluster_boxes
-from .geometry import centroid, oriented_box
+from .geometry import centroid, oriented_box, support_boxes
 from .images import check_frame
 from .lifting import filter_cloud, label_image, lift_instances
 from .masks import boxes_from_occupancy, mask_bboxes
-from .support_plane import fit_plane, renumber_instances, support_plane_check
+from .support_plane import SupportPlane, fit_plane, renumber_instances, support_plane_check
 from .text import one_line
 from .types import FrameError, FrameResult, InstanceResult, Intrinsics
 
-__all__ = ["SUMMARY_PATHS", "FrameError", "FrameSkipped", "MaskSummary", "Segmenter", "summarize_masks"]
+__all__ = [
+    "SUMMARY_PATHS",
+    "FrameError",
+    "FrameSkipped",
+    "MaskSummary",
+    "Segmenter",
+    "attach_geometry",
+    "box_plane",
+    "summarize_masks",
+]
 
 _log = logging.getLogger(__name__)
 
@@ -255,13 +264,47 @@ def filter_for_config(cloud: CloudConfig, points: np.ndarray, colors: np.ndarray
     return points, colors
 
 
-def attach_geometry(inst: InstanceResult, min_points: int) -> None:
-    """Fill ``inst``'s centroid (any points) and oriented 3D box (at least ``min_points``, and 1) from its points."""
-    pts = inst.points
-    if pts.shape[0] > 0:
-        inst.centroid = centroid(pts)
-    if pts.shape[0] >= max(min_points, 1):
-        inst.box_center, inst.box_quat, inst.box_size = oriented_box(pts)
+def attach_geometry(instances: InstanceResult | Sequence[InstanceResult], min_points: int, *,
+                    plane: SupportPlane | None = None) -> None:
+    """Fill each instance's centroid (any points) and 3D box (at least ``min_points`` points, and 1) from its points.
+
+    Args:
+        instances: one instance or a frame's instances (their boxes are then fitted in one call).
+        min_points: fewer points than this and the box stays zero (``cloud.min_points``).
+        plane: None = the general fit, :func:`~.geometry.oriented_box` (``geometry.box_mode: free``); else boxes
+            standing on this plane, :func:`~.geometry.support_boxes` (those need 3 points: fewer and the box stays
+            zero).
+    """
+    if isinstance(instances, InstanceResult):
+        instances = [instances]
+    for inst in instances:
+        if inst.points.shape[0] > 0:
+            inst.centroid = centroid(inst.points)
+    boxed = [inst for inst in instances if inst.points.shape[0] >= max(min_points, 1)]
+    if plane is None:
+        for inst in boxed:
+            inst.box_center, inst.box_quat, inst.box_size = oriented_box(inst.points)
+        return
+    for inst, box in zip(boxed, support_boxes([inst.points for inst in boxed], plane), strict=True):
+        if box is not None:
+            inst.box_center, inst.box_quat, inst.box_size = box
+
+
+def box_plane(config: Config, plane: SupportPlane | None, *, searched: bool, depth: np.ndarray, K: Intrinsics
+              ) -> SupportPlane | None:
+    """The plane ``geometry.box_mode`` stands this frame's boxes on; None = the general fit (:func:`attach_geometry`).
+
+    ``free``: None. ``auto``: ``plane``, the frame's support plane when the support-plane check or the geometric
+    proposals found one (None otherwise). ``support``: ``plane``, else one fitted now with the ``filter.*``
+    settings (:func:`~.support_plane.fit_plane`) unless the frame was already searched for one (``searched``: then
+    there is none); None when there is none.
+    """
+    mode = config.geometry.box_mode
+    if mode == "free":
+        return None
+    if plane is not None or mode == "auto" or searched:
+        return plane
+    return fit_plane(config, depth, K)
 
 
 class Segmenter:
@@ -317,7 +360,9 @@ class Segmenter:
 
         if m.warmup:
             self.predictor.warmup()
-            oriented_box(np.random.default_rng(0).random((64, 3)))  # first call pays ~0.6 s of numpy set-up
+            cloud = np.random.default_rng(0).random((64, 3))
+            oriented_box(cloud)  # first call pays ~0.6 s of numpy set-up
+            support_boxes([cloud], SupportPlane(np.array([0.0, 0.0, -1.0]), 2.0, 1.0, 64))  # and cv2's import, ~25 ms
         self._log(
             f"model loaded: weights={m.weights} backbone={meta.backbone} input={meta.input_mode} "
             f"classes={len(meta.classes) - 1} device={self.predictor.device} precision={m.precision}"
@@ -439,15 +484,14 @@ class Segmenter:
                                                   plane=plane, refit=not fitted)
             timings["support_plane"] = (time.perf_counter() - t0) * 1e3
 
-        t_filter = t_geom = 0.0
+        t_filter = 0.0
         classes = self.meta.classes if self.meta is not None else ["__background__", "object"]
         instances: list[InstanceResult] = []
         dropped: list[InstanceResult] = []
         for i, cloud in enumerate(clouds):
             t0 = time.perf_counter()
             pts, cols = filter_for_config(cfg.cloud, cloud.points, cloud.colors)
-            t1 = time.perf_counter()
-            t_filter += t1 - t0
+            t_filter += time.perf_counter() - t0
             inst = InstanceResult(
                 index=i + 1,
                 class_id=int(labels_h[i]),
@@ -465,14 +509,17 @@ class Segmenter:
             )
             if on_plane[i]:
                 dropped.append(inst)
-                continue
-            attach_geometry(inst, cfg.cloud.min_points)
-            t_geom += time.perf_counter() - t1
-            instances.append(inst)
+            else:
+                instances.append(inst)
         if dropped:
             label_np = renumber_instances(instances, label_np)
         timings["cloud_filter"] = t_filter * 1e3
-        timings["geometry"] = t_geom * 1e3
+
+        t0 = time.perf_counter()
+        searched = fitted or cfg.filter.support_plane == "auto"  # then ``plane`` is the frame's, or it has none
+        attach_geometry(instances, cfg.cloud.min_points,
+                        plane=box_plane(cfg, plane, searched=searched, depth=depth, K=K))
+        timings["geometry"] = (time.perf_counter() - t0) * 1e3
         timings["total"] = sum(v for k, v in timings.items() if k != "total")
         # the plane is reported when the support-plane check ran (proposals may fit one without the check)
         return FrameResult(width=w, height=h, instances=instances, label_image=label_np, timings=timings,
