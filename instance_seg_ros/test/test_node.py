@@ -218,6 +218,39 @@ def test_burst_keeps_newest_and_bounded_backlog(node):
     _alive(proc, group)
 
 
+def test_static_scene_keeps_its_track_ids_and_a_time_reset_restarts_them(node):
+    """Reliable delivery is not needed: each frame is resent with its stamp until its answer arrives."""
+    h, proc, group = node
+    # the untrained network scores low: let every detection start and extend tracks
+    results = h.set_params({"tracking.low_score": 0.0, "tracking.high_score": 0.0})
+    assert all(r.successful for r in results), [r.reason for r in results]
+    try:
+        ids = []
+        for _ in range(6):
+            msg = h.send_and_wait(h.frame())
+            assert msg is not None, f"no instances; log:\n{group.log(proc)}"
+            ids.append([m.track_id for m in msg.instances])
+        assert all(t == 0 for t in ids[0])  # tentative until tracking.min_hits (3) frames
+        confirmed = ids[2:]
+        assert all(t != 0 for t in confirmed[0]) and len(set(confirmed[0])) == len(confirmed[0])
+        assert all(sorted(t) == sorted(confirmed[0]) for t in confirmed)  # the same objects, the same ids
+        assert h.wait_diag(lambda d: int(d.get("tracking.confirmed", 0)) >= len(confirmed[0]), 10.0)
+        # a camera restarted 10 s in the past: the synchronizer resets, so does the tracker; ids are not reused
+        resets0 = h.diag_count("tracking.resets")
+        h._next -= 10 * 1_000_000_000
+        after = []
+        for _ in range(3):
+            msg = h.send_and_wait(h.frame())
+            assert msg is not None
+            after.append([m.track_id for m in msg.instances])
+        assert all(t == 0 for t in after[0])
+        assert all(t > max(confirmed[0]) for t in after[2])
+        assert h.wait_diag(lambda d: int(d.get("tracking.resets", 0)) > resets0, 10.0)
+    finally:
+        h.set_params({"tracking.high_score": 0.5, "tracking.low_score": 0.1})
+    _alive(proc, group)
+
+
 def test_runtime_parameter_update_takes_effect(node):
     h, proc, group = node
     (res,) = h.set_params({"model.score_threshold": 1.0})

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from instance_seg_ros.core.types import FrameResult, InstanceResult
-from instance_seg_ros.core.visualize import draw_overlay, instance_color, instance_label
+from instance_seg_ros.core.visualize import display_color, draw_overlay, instance_color, instance_label
 
 H, W = 120, 160
 
@@ -48,6 +48,16 @@ def test_overlay_tint_and_label():
     np.testing.assert_allclose(inside, (40 + color) / 2, atol=2)
     assert (out[20:40, 20:100] != 40).any()  # the label sits above the box
     assert instance_label(_result().instances[0]) == "#1 0.87 occ 50%"
+
+
+def test_a_tracked_instance_is_drawn_in_its_tracks_color_and_labelled_with_its_id():
+    rgb = np.full((H, W, 3), 40, np.uint8)
+    res = _result()
+    res.instances[0].track_id = 17
+    out = draw_overlay(rgb, res, alpha=0.5, labels=True)
+    np.testing.assert_allclose(out[50, 35].astype(int), (40 + np.array(instance_color(17))) / 2, atol=2)
+    assert display_color(res.instances[0]) == instance_color(17) != instance_color(1)
+    assert instance_label(res.instances[0]) == "#1 id 17 0.87 occ 50%"
 
 
 def test_empty_result_returns_a_copy():

@@ -34,6 +34,7 @@ __all__ = [
     "ParamSpec",
     "Settings",
     "SyncConfig",
+    "TrackerConfig",
     "check_value",
     "field_specs",
     "param_field",
@@ -248,6 +249,66 @@ class SyncConfig:
                         low=0.0, high=60.0, dynamic=True)
 
 
+@dataclass(frozen=True)
+class TrackerConfig:
+    """``tracking.*``: persistent track ids (:class:`~.tracking.Tracker`); also usable alone, ``TrackerConfig()``.
+
+    Raises:
+        ConfigError (a ValueError): a value out of range, ``low_score > high_score``, or no image cue weighted.
+    """
+
+    enabled: bool = _p(True, "Give instances persistent track ids (Instance.track_id); false = all ids 0.",
+                       dynamic=True)
+    high_score: float = _p(
+        0.5, "Detections scoring at least this are matched first, to all tracks, and may start new tracks (0..1).",
+        low=0.0, high=1.0, dynamic=True,
+    )
+    low_score: float = _p(
+        0.1, "Detections scoring in [low_score, high_score) only extend confirmed tracks (second stage); below "
+        "low_score a detection is not tracked (0..1).",
+        low=0.0, high=1.0, dynamic=True,
+    )
+    min_hits: int = _p(3, "A new track is confirmed, and gets an id, after this many consecutive matched frames.",
+                       low=1, high=1000, dynamic=True)
+    max_age_s: float = _p(
+        1.0, "A confirmed track is kept through this many seconds of misses (image stamps), then dropped.",
+        low=0.0, high=3600.0, dynamic=True,
+    )
+    gate_m: float = _p(
+        0.15, "3D gate, meters: a detection whose centroid is farther than this from a track's predicted centroid "
+        "is never matched to it (applies only when both centroids are known).",
+        low=1e-3, high=1000.0, dynamic=True,
+    )
+    min_similarity: float = _p(
+        0.3, "Smallest combined similarity (0..1, see the weights) for a detection to continue a track.",
+        low=1e-3, high=1.0, dynamic=True,
+    )
+    weight_visible: float = _p(0.5, "Weight of the visible-mask IoU in the similarity.", low=0.0, high=100.0,
+                               dynamic=True)
+    weight_amodal: float = _p(1.0, "Weight of the amodal-mask IoU (stable when the object is partly hidden).",
+                              low=0.0, high=100.0, dynamic=True)
+    weight_box: float = _p(0.5, "Weight of the visible 2D box IoU.", low=0.0, high=100.0, dynamic=True)
+    weight_centroid: float = _p(
+        1.0, "Weight of 3D proximity, max(0, 1 - distance / gate_m); left out when a centroid is unknown.",
+        low=0.0, high=100.0, dynamic=True,
+    )
+    motion_horizon_s: float = _p(
+        0.2, "Constant-velocity prediction over at most this many seconds past a track's last observation; "
+        "0 = a track stays where it was last seen.",
+        low=0.0, high=10.0, dynamic=True,
+    )
+
+    def __post_init__(self) -> None:
+        for f, spec in zip(dataclasses.fields(self), field_specs(type(self), "tracking."), strict=True):
+            object.__setattr__(self, f.name, check_value(spec, getattr(self, f.name)))
+        if self.low_score > self.high_score:
+            raise ConfigError(f"tracking.low_score ({self.low_score}) must not exceed tracking.high_score "
+                              f"({self.high_score}).")
+        if self.weight_visible + self.weight_amodal + self.weight_box <= 0.0:
+            raise ConfigError("At least one of tracking.weight_visible, tracking.weight_amodal and tracking.weight_box "
+                              "must be above 0: without depth the image cues are all the tracker has.")
+
+
 _SECTIONS = {
     "model": ModelConfig,
     "depth": DepthConfig,
@@ -257,6 +318,7 @@ _SECTIONS = {
     "occlusion": OcclusionConfig,
     "input": InputConfig,
     "sync": SyncConfig,
+    "tracking": TrackerConfig,
 }
 
 
@@ -337,6 +399,7 @@ class Config:
     occlusion: OcclusionConfig = field(default_factory=OcclusionConfig)
     input: InputConfig = field(default_factory=InputConfig)
     sync: SyncConfig = field(default_factory=SyncConfig)
+    tracking: TrackerConfig = field(default_factory=TrackerConfig)
 
     def __post_init__(self) -> None:
         for spec in self.specs():

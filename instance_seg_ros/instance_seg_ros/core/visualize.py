@@ -14,7 +14,7 @@ import numpy as np
 
 from .types import FrameResult, InstanceResult
 
-__all__ = ["draw_overlay", "instance_color", "instance_label"]
+__all__ = ["display_color", "draw_overlay", "instance_color", "instance_label"]
 
 _GOLDEN = 0.618033988749895
 
@@ -26,10 +26,18 @@ def instance_color(index: int) -> tuple[int, int, int]:
     return int(r * 255), int(g * 255), int(b * 255)
 
 
+def display_color(inst: InstanceResult) -> tuple[int, int, int]:
+    """The color an instance is drawn in: its track's (the same for the track's whole life) when it is tracked
+    (``track_id`` != 0), else its index's."""
+    return instance_color(inst.track_id if inst.track_id else inst.index)
+
+
 def instance_label(inst: InstanceResult) -> str:
-    """``"#3 mug 0.87 occ 25%"`` (the class name is left out for the generic ``object`` class)."""
+    """``"#3 id 17 mug 0.87 occ 25%"``: index, track id (left out while 0, untracked), class name (left out for the
+    generic ``object`` class), score, occlusion."""
+    track = f" id {inst.track_id}" if inst.track_id else ""
     name = f" {inst.class_name}" if inst.class_name and inst.class_name != "object" else ""
-    return f"#{inst.index}{name} {inst.score:.2f} occ {inst.occlusion:.0%}"
+    return f"#{inst.index}{track}{name} {inst.score:.2f} occ {inst.occlusion:.0%}"
 
 
 def _contours(mask: np.ndarray, offset: tuple[int, int]) -> list[np.ndarray]:
@@ -121,14 +129,14 @@ def draw_overlay(
         covered = np.zeros((h, w), dtype=bool)
         for inst in reversed(insts):
             full = inst.full_mask(h, w)
-            tint[full] = instance_color(inst.index)
+            tint[full] = display_color(inst)
             covered |= full
         blended = cv2.addWeighted(out, 1.0 - alpha, tint, alpha, 0.0)
         out[covered] = blended[covered]
 
     thin = max(1, int(thickness) // 2)
     for inst in insts:
-        color = instance_color(inst.index)
+        color = display_color(inst)
         if amodal:
             ax, ay, _, _ = inst.amodal_bbox
             for c in _contours(inst.amodal_mask, (int(ax), int(ay))):
@@ -140,5 +148,5 @@ def draw_overlay(
     if labels:
         for inst in insts:
             bx, by, bw, bh = inst.bbox if inst.bbox[2] and inst.bbox[3] else inst.amodal_bbox
-            _text(out, instance_label(inst), (int(bx), int(by) - 3), instance_color(inst.index), font_scale)
+            _text(out, instance_label(inst), (int(bx), int(by) - 3), display_color(inst), font_scale)
     return out

@@ -262,6 +262,7 @@ class NodeView:
     publishers: Mapping[str, int] = field(default_factory=dict)  # stream -> publisher count (while subscribed)
     last_frame: Mapping[str, Any] = field(default_factory=dict)  # what the last published frame held
     input_problems: Sequence[str] = ()  # summaries of :func:`check_inputs`
+    tracking: Mapping[str, Any] = field(default_factory=dict)  # the tracker's stats (core.tracking.TrackerStats)
 
 
 @dataclass(frozen=True)
@@ -314,6 +315,7 @@ def _status_values(st: NodeStats, view: NodeView, now: float) -> dict[str, Any]:
         "backlog": view.backlog,
         **{f"input.{k}": topic for k, topic in view.topics.items()},
         **{f"publishers.{k}": n for k, n in view.publishers.items()},
+        **{f"tracking.{k}": v for k, v in view.tracking.items()},
     }
     values.update({f"last_frame.{k}": v for k, v in view.last_frame.items()})
     if st.last_error:

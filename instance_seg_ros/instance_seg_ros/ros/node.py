@@ -54,6 +54,7 @@ from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 from ..core.config import Config, ConfigError
 from ..core.sync import LatestSlot, Matched, StampError, StampSynchronizer
 from ..core.text import one_line
+from ..core.tracking import Tracker
 from ..core.types import FrameError
 from .conversions import stamp_to_ns
 from .diagnostics import (
@@ -101,6 +102,8 @@ class InstanceSegNode(LifecycleNode):
         self._state = "unconfigured"
         self._configure_error = ""
         self._seg = None
+        self._tracker: Tracker | None = None
+        self._track_reset = ""  # set by the synchronizer's time-reset callback, consumed by the worker
         self._sync: StampSynchronizer | None = None
         self._slot: LatestSlot[tuple[Matched, float]] = LatestSlot()
         self._worker: threading.Thread | None = None
@@ -183,6 +186,7 @@ class InstanceSegNode(LifecycleNode):
             seg = Segmenter(self._config, log=self.get_logger().info)
             seg.load()
             self._seg = seg
+            self._tracker = Tracker(self._config.tracking)
             self._pubs = create_publishers(self, self._settings, self._on_incompatible_qos)
             cfg = self._config
             self._sync = StampSynchronizer(
@@ -346,6 +350,7 @@ class InstanceSegNode(LifecycleNode):
         self._stats.inc("time_resets")
         self._stats.inc(f"time_resets.{reason}")
         self._warn("time_reset", time_reset_warning(self._topic(stream), reason, previous_ns, stamp_ns))
+        self._track_reset = f"input time reset on {self._topic(stream)} ({reason})"
 
     def _on_drop(self, stream: str, stamp_ns: int, missing: tuple[str, ...]) -> None:
         self._stats.inc(f"unmatched.{stream}")
@@ -408,12 +413,29 @@ class InstanceSegNode(LifecycleNode):
             self._stats.error(f"{exc.reason}: {exc}")
             return self._warn(exc.reason, f"Frame stamped {m.stamp_ns / 1e9:.3f} s skipped ({exc.reason}): {exc}")
         result.timings["decode"] = decode_ms
+        self._track(m.stamp_ns, result, cfg)
         count_processed(self._stats, result, support_plane=cfg.filter.support_plane != "off")
         publish_result(self._pubs, self._settings, result, color, color_msg.header)
         now = time.monotonic()
         self._stats.tick("frames_published", now)
         self._stats.latency((now - t_match) * 1e3, sum(v for k, v in result.timings.items() if k != "total"), now)
         self._last_frame = frame_summary(m.stamp_ns, result, color_msg.header.frame_id)
+
+    def _track(self, stamp_ns: int, result: Any, cfg: Config) -> None:
+        """Give ``result``'s instances their track ids (``tracking.*``); a time reset of the inputs restarts it."""
+        tracker = self._tracker
+        if tracker is None:
+            return
+        if tracker.config is not cfg.tracking:
+            tracker.reconfigure(cfg.tracking)
+        reason, self._track_reset = self._track_reset, ""
+        if reason:
+            tracker.reset(reason, stamp_ns / 1e9)
+        t0 = time.perf_counter()
+        tracker.update(stamp_ns / 1e9, result.instances)
+        result.timings["tracking"] = (time.perf_counter() - t0) * 1e3
+        for event in tracker.drain_events():  # counted in the tracker's stats (diagnostics: tracking.resets)
+            self._warn("tracking_reset", event.message)
 
     # ================================================================== problems
     def _warn(self, key: str, text: str, *, error: bool = False) -> None:
@@ -452,7 +474,8 @@ class InstanceSegNode(LifecycleNode):
             configure_error=self._configure_error, oom_retries=int(getattr(seg, "oom_retries", 0)),
             backlog=sum((sync.pending() if sync is not None else {}).values()) + int(self._slot.pending),
             topics={k: w.topic for k, w in self._inputs.items()}, publishers=publishers, last_frame=self._last_frame,
-            input_problems=[p.summary for p in problems])
+            input_problems=[p.summary for p in problems],
+            tracking=dataclasses.asdict(self._tracker.stats) if self._tracker is not None else {})
         status = node_status(self._stats, view, now, since=self._diag_last)
         self._diag_last = status.totals
         try:
