@@ -145,3 +145,22 @@ def test_an_object_filling_the_view_is_not_its_own_support_plane():
     assert flagged.tolist() == [False, True]
     _, flagged = support_plane_check(Config(), depth, K, points)  # without the label image: no guard
     assert flagged.tolist() == [True, True]
+
+
+def test_network_depth_off_feeds_the_rgbd_network_color_only_and_still_lifts():
+    torch.manual_seed(0)
+    cfg = Config.from_flat({
+        "model.weights": "none", "model.backbone": "resnet18_fpn", "model.input_mode": "rgbd", "model.device": "cpu",
+        "model.score_threshold": 0.0, "model.mask_threshold": 0.0, "model.max_instances": 8, "model.warmup": False,
+        "filter.support_plane": "off", "model.geometric_proposals": "off",
+    })
+    seg = Segmenter(cfg)
+    seg.load()
+    color, depth = _frame()
+    with_depth = seg.process(color, depth, K)
+    seg.update_config(cfg.replace(**{"model.network_depth": False}))
+    color_only = seg.process(color, depth, K)
+    again = seg.process(color, depth, K)
+    assert [i.score for i in color_only.instances] == [i.score for i in again.instances]
+    assert [i.score for i in color_only.instances] != [i.score for i in with_depth.instances]  # depth was an input
+    assert color_only.instances and all(i.num_points > 0 for i in color_only.instances)  # and still lifts

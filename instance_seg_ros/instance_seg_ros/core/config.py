@@ -156,6 +156,13 @@ class ModelConfig:
         "(core/geometric_proposals.py). off = the network's own proposals only.",
         choices=("auto", "off"), dynamic=True,
     )
+    network_depth: bool = _p(
+        True,
+        "RGB-D models: the network sees the depth image (true) or color only (false: depth as missing, as in the "
+        "modality dropout of training), for depth that misleads it (glass, shiny or out-of-range scenes). Depth "
+        "still lifts the instances to 3D either way. RGB models ignore it.",
+        dynamic=True,
+    )
     warmup: bool = _p(True, "Run one dummy frame when the model loads, so the first real frame is not slow.")
     threads: int = _p(0, "CPU threads for torch; 0 = leave torch's default.", low=0, high=256)
 

@@ -449,7 +449,8 @@ class Segmenter:
             if plane is not None:
                 extra = cluster_boxes(depth, K, plane, min_height=cfg.filter.min_height)
             t_prop = (time.perf_counter() - t0) * 1e3
-        det = self.predictor.predict(color, depth, extra_proposals=extra)
+        net_depth = depth if cfg.model.network_depth else np.full_like(depth, np.nan)
+        det = self.predictor.predict(color, net_depth, extra_proposals=extra)
         timings = {k: float(v) for k, v in det.timings.items()}
         if fitted:
             timings["proposals"] = t_prop
