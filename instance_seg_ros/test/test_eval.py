@@ -229,10 +229,10 @@ def test_every_format_replays_through_the_pipeline(bags, segmenter, fmt):
     r = evaluate(bags[fmt], segmenter=segmenter)
     assert r["inputs"]["image"] == (COMPRESSED_TOPIC if compressed else COLOR_TOPIC)  # found without being asked
     assert r["inputs"]["image_format"] == ("compressed" if compressed else "raw")
-    assert r["frames"] == {"messages": N, "evaluated": N, "rejected": 0, "rejected_by_reason": {},
-                           "rejected_examples": {}, "notes": {}}
+    assert r["frames"] == {"messages": N, "frame_step": 1, "skipped": 0, "evaluated": N, "rejected": 0,
+                           "rejected_by_reason": {}, "rejected_examples": {}, "notes": {}}
     assert r["model"]["backbone"] == "resnet18_fpn" and r["model"]["frame"].startswith(f"{W}x{H}")
-    for stage in ("decode", "preprocess", "inference", "postprocess", "lift", "geometry", "end_to_end"):
+    for stage in ("decode", "preprocess", "inference", "postprocess", "lift", "geometry", "tracking", "end_to_end"):
         d = r["latency_ms"][stage]
         assert d["count"] == N and 0 <= d["p50"] <= d["p90"] <= d["p99"] <= d["max"], stage
     assert r["fps"] > 0

@@ -16,7 +16,7 @@ from instance_seg_ros.core.images import (
     intrinsics_from_camera_info,
 )
 from instance_seg_ros.sim.camera import d435_intrinsics
-from instance_seg_ros.sim.randomization import SceneConfig
+from instance_seg_ros.sim.randomization import GT_ID_STRIDE, SceneConfig
 from instance_seg_ros.sim.scene import Scene
 from instance_seg_ros.tools import bagio, cli
 from instance_seg_ros.tools.record import (
@@ -96,6 +96,27 @@ def test_read_messages_and_track_ids(tmp_path: Path):
     assert ids[0] and all(s <= set(range(1, 5)) for s in ids)  # object ids of the one scene
     with pytest.raises(bagio.BagError, match="No bag"):
         list(bagio.read_messages(tmp_path / "missing"))
+
+
+def test_ground_truth_track_ids_follow_their_objects_and_are_unique_over_scenes(tmp_path: Path):
+    """An object keeps its non-zero track id in every frame of its scene (its category and true size, which the
+    orbiting camera does not change, identify it); the next scene's objects take ids of their own."""
+    record(tmp_path / "b", 6, scenes=2, width=W, height=H, min_objects=3, max_objects=5, seed=4)
+    gts = [bagio.frame_result_from_instance_array(m) for _, _, m in bagio.read_messages(tmp_path / "b", [GT_TOPIC])]
+    scene_ids = []
+    for scene in (gts[:3], gts[3:]):
+        who: dict[int, tuple[str, tuple[float, ...]]] = {}
+        for gt in scene:
+            assert gt.instances and all(i.track_id for i in gt.instances)
+            assert len({i.track_id for i in gt.instances}) == len(gt.instances)
+            for inst in gt.instances:
+                sig = (inst.class_name, tuple(np.round(inst.box_size, 4)))
+                assert who.setdefault(inst.track_id, sig) == sig, f"track id {inst.track_id} changed objects"
+        assert len(set(who.values())) == len(who)  # one id per object
+        assert sum(len(gt.instances) for gt in scene) > len(who)  # ids recur across the scene's frames
+        scene_ids.append(set(who))
+    assert not scene_ids[0] & scene_ids[1]
+    assert max(scene_ids[0]) < GT_ID_STRIDE < min(scene_ids[1]) <= 2 * GT_ID_STRIDE
 
 
 def test_bad_arguments(tmp_path: Path, capsys):

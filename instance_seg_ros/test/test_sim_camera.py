@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from instance_seg_ros.sim.camera import d435_intrinsics
-from instance_seg_ros.sim.camera_node import SPECS, SimCameraError, SimCameraSettings
+from instance_seg_ros.sim.camera_node import SPECS, SimCameraError, SimCameraSettings, ground_truth_msg
 from instance_seg_ros.sim.camera_source import SimCameraSource, scene_seed
 
 W, H = 160, 120
@@ -107,6 +107,30 @@ def test_orbit_scene_change_determinism_and_ground_truth():
             assert inst.mask.shape == (h, w) and inst.mask[0].any() and inst.mask[-1].any()
             assert inst.mask[:, 0].any() and inst.mask[:, -1].any()
             assert inst.amodal_mask.sum() >= inst.mask.sum()
+
+
+def test_ground_truth_messages_keep_each_object_id_and_never_reuse_it_in_another_scene():
+    """What the node publishes on ground_truth (:func:`ground_truth_msg`): per object a non-zero track id, the same in
+    every frame of its scene (its category and true size identify it), and ids of their own in the next scene."""
+    from instance_seg_ros.core.msg_codec import frame_result_from_instance_array
+    from instance_seg_ros.ros.conversions import header
+
+    settings = _small(camera_motion="orbit", orbit_speed=30.0, rate=10.0, scene_change_every=3)
+    with SimCameraSource(settings, with_ground_truth=True) as src:
+        frames = [src.next() for _ in range(6)]
+    ids_by_scene: dict[int, dict[int, tuple]] = {}
+    for k, f in enumerate(frames):
+        gt = frame_result_from_instance_array(ground_truth_msg(f, header(FRAME_ID, (k + 1) * 10**8)))
+        assert gt.instances and all(i.track_id for i in gt.instances)
+        who = ids_by_scene.setdefault(f.scene_index, {})
+        for inst in gt.instances:
+            sig = (inst.class_name, tuple(np.round(inst.box_size, 4)))
+            assert who.setdefault(inst.track_id, sig) == sig, f"track id {inst.track_id} changed objects"
+    assert sorted(ids_by_scene) == [0, 1]
+    assert not set(ids_by_scene[0]) & set(ids_by_scene[1])
+    assert all(len(set(w.values())) == len(w) for w in ids_by_scene.values())  # one id per object
+    # the source's own ground truth is left as it was (object ids), so a static camera's cached render stays right
+    assert {i.track_id for i in frames[-1].ground_truth.instances} <= set(range(1, 6))
 
 
 # ---------------------------------------------------------------------------------------- node in this process

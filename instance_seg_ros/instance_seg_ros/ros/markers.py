@@ -12,8 +12,7 @@ from geometry_msgs.msg import Point, Pose, Quaternion, Vector3
 from std_msgs.msg import ColorRGBA, Header
 from visualization_msgs.msg import Marker, MarkerArray
 
-from ..core.types import FrameResult
-from ..core.types import InstanceResult
+from ..core.types import FrameResult, InstanceResult
 from ..core.visualize import display_color, instance_label
 
 __all__ = ["markers_msg"]

@@ -7,7 +7,9 @@ Publishes, all with the same ``header`` (stamp and ``frame_id``) per frame, at `
 - ``depth`` (sensor_msgs/Image, ``32FC1`` meters with NaN invalid, or ``16UC1`` millimetres with 0 invalid);
 - ``camera_info`` (sensor_msgs/CameraInfo, D435-like intrinsics scaled to ``width x height``, no distortion);
 - with ``publish_ground_truth:=true``, ``ground_truth`` (instance_seg_msgs/InstanceArray: visible and amodal
-  masks, occlusion, true boxes, see :meth:`Frame.to_frame_result <instance_seg_ros.sim.frame.Frame.to_frame_result>`);
+  masks, occlusion, true boxes, see :meth:`Frame.to_frame_result <instance_seg_ros.sim.frame.Frame.to_frame_result>`;
+  each object's ``track_id`` is the same in every frame of its scene and never taken by another scene's object, as
+  in ``isr record`` bags: :func:`ground_truth_msg`);
 - with ``use_sim_time:=true``, ``/clock`` (rosgraph_msgs/Clock): the node *is* the simulator, so it advances
   simulated time by ``1 / rate`` per frame, publishes it on ``/clock`` just before the frame and stamps the
   frame with it (the first frame is at ``1 / rate`` s; a zero stamp would mean "unstamped"). Without
@@ -81,7 +83,7 @@ from ..ros.qos import describe, output_qos
 from .camera import d435_intrinsics
 from .camera_source import SimCameraSource, SimFrame, scene_seed
 from .errors import SceneError
-from .randomization import SceneConfig
+from .randomization import SceneConfig, scene_track_id
 
 __all__ = [
     "CAMERA_MOTIONS",
@@ -91,6 +93,7 @@ __all__ = [
     "SimCameraError",
     "SimCameraNode",
     "SimCameraSettings",
+    "ground_truth_msg",
     "main",
 ]
 
@@ -328,7 +331,7 @@ class SimCameraNode(Node):
         if self._pub_compressed is not None and self._pub_compressed.get_subscription_count() > 0:
             self._pub_compressed.publish(compressed_image_msg(frame.color, "jpeg", hdr))
         if self._pub_gt is not None and frame.ground_truth is not None:
-            self._pub_gt.publish(instance_array_msg(frame.ground_truth, hdr))
+            self._pub_gt.publish(ground_truth_msg(frame, hdr))
 
     def _run(self) -> None:
         try:
@@ -401,6 +404,15 @@ class SimCameraNode(Node):
 
 
 # ---------------------------------------------------------------------------------------- entry point
+def ground_truth_msg(frame: SimFrame, hdr: Any) -> InstanceArray:
+    """``frame.ground_truth`` as an InstanceArray with header ``hdr``; each object's ``track_id`` is
+    :func:`~instance_seg_ros.sim.randomization.scene_track_id` of the frame's scene and the object's id."""
+    msg = instance_array_msg(frame.ground_truth, hdr)
+    for m in msg.instances:
+        m.track_id = scene_track_id(frame.scene_index, m.track_id)
+    return msg
+
+
 def _parse_args(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="sim_camera_node",

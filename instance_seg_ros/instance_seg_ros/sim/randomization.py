@@ -16,8 +16,8 @@ from .errors import SceneError
 from .noise import SensorNoise
 from .objects import NUM_RANDOM_URDFS, PRIMITIVES, SUPPORTS, TEXTURES, ObjectSpec, urdf_usable
 
-__all__ = ["SCENE_SEED_STRIDE", "SENSORS", "SIM2REAL", "SceneConfig", "SensorPreset", "random_object_spec",
-           "random_sensor", "scene_seed"]
+__all__ = ["GT_ID_STRIDE", "SCENE_SEED_STRIDE", "SENSORS", "SIM2REAL", "SceneConfig", "SensorPreset",
+           "random_object_spec", "random_sensor", "scene_seed", "scene_track_id"]
 
 #: scene ``i`` of a run seeded ``S`` (``isr synth``, ``isr record``, the sim camera) is ``Scene.random(S * stride + i)``
 SCENE_SEED_STRIDE = 100003
@@ -26,6 +26,17 @@ SCENE_SEED_STRIDE = 100003
 def scene_seed(seed: int, index: int) -> int:
     """The ``Scene.random`` seed of scene ``index`` (0, 1, ...) of a dataset, bag or camera run seeded ``seed``."""
     return int(seed) * SCENE_SEED_STRIDE + int(index)
+
+
+#: ground-truth track ids of scene ``s``: ``s * GT_ID_STRIDE + object id`` (object ids are 1..200)
+GT_ID_STRIDE = 1000
+
+
+def scene_track_id(scene_index: int, object_id: int) -> int:
+    """The ground-truth ``track_id`` of object ``object_id`` (its :class:`~instance_seg_ros.sim.scene.Scene` id,
+    1..200) in scene ``scene_index`` (0, 1, ...): stable over the scene's frames and unique over the scenes of a bag
+    (scene 0 keeps the object ids)."""
+    return int(scene_index) * GT_ID_STRIDE + int(object_id)
 
 
 @dataclass(frozen=True)

@@ -1,8 +1,10 @@
 """``isr demo``: the simulated camera and ``instance_seg_node`` as separate processes over real DDS.
 
 Runs for a fixed number of output frames, then prints a table of the instances found per frame
-(score, occlusion, centroid, box size, points), the measured frame rate and latency, and a ground-truth
-line (objects found at visible-mask IoU ≥ 0.5, mean centroid error), and writes under ``--out``:
+(track id, score, occlusion, centroid, box size, points; the node's tracker gives an object the same track id from
+frame to frame, ``-`` until its track is confirmed), the measured frame rate and latency, and a ground-truth
+line (objects found at visible-mask IoU ≥ 0.5, mean centroid error, IDF1 and ID switches of the track ids against
+the simulator's object ids), and writes under ``--out``:
 ``overlay.png`` (the node's debug image: visible and amodal contours), one PLY point cloud per instance
 of the last frame, ``instances.md`` (the full table) and ``summary.json``. Exit 0 only if instances
 were found.
@@ -156,11 +158,13 @@ def _table(got: _Received) -> tuple[list[str], list[int], list[float], dict[str,
     """The instances table (markdown lines), instances per frame, latencies (ms), the ground-truth figures and the
     last frame's FrameResult."""
     from ..core.matching import match_instances
+    from ..core.mot_metrics import MotAccumulator
     from ..core.msg_codec import frame_result_from_instance_array, stamp_ns
 
     counts, lat_ms, n_found, n_gt, cent_err = [], [], 0, 0, []
-    lines = ["| frame | stamp (s) | # | score | occlusion | centroid x y z (m) | box size (m) | points |",
-             "|---|---|---|---|---|---|---|---|"]
+    mot, track_ids = MotAccumulator(iou_threshold=0.5), set()
+    lines = ["| frame | stamp (s) | # | track | score | occlusion | centroid x y z (m) | box size (m) | points |",
+             "|---|---|---|---|---|---|---|---|---|"]
     last = None
     for k, (t_recv, msg) in enumerate(got.results):
         stamp = stamp_ns(msg)
@@ -173,13 +177,19 @@ def _table(got: _Received) -> tuple[list[str], list[int], list[float], dict[str,
             n_found += len(m)
             n_gt += len(gt.instances)
             cent_err += [x.centroid_error_m * 1e3 for x in m if np.isfinite(x.centroid_error_m)]
+            mot.add_instances(gt.instances, None, res.instances)
+        track_ids.update(i.track_id for i in res.instances if i.track_id)
         for inst in res.instances:
             c, s = inst.centroid, inst.box_size
-            lines.append(f"| {k} | {stamp * 1e-9:.3f} | {inst.index} | {inst.score:.2f} | {inst.occlusion:.2f} | "
+            lines.append(f"| {k} | {stamp * 1e-9:.3f} | {inst.index} | {inst.track_id or '-'} | {inst.score:.2f} | "
+                         f"{inst.occlusion:.2f} | "
                          f"{c[0]:+.3f} {c[1]:+.3f} {c[2]:.3f} | {s[0]:.3f} {s[1]:.3f} {s[2]:.3f} | {inst.num_points} |")
         counts.append(len(res.instances))
+    ids = mot.compute()
     truth = {"gt_objects": n_gt, "gt_found_iou50": n_found,
-             "centroid_error_mm_mean": float(np.mean(cent_err)) if cent_err else None}
+             "centroid_error_mm_mean": float(np.mean(cent_err)) if cent_err else None,
+             "track_ids": len(track_ids), "idf1": ids.idf1 if np.isfinite(ids.idf1) else None,
+             "id_switches": ids.id_switches}
     return lines, counts, lat_ms, truth, last
 
 
@@ -198,6 +208,9 @@ def _report(args: argparse.Namespace, out: Path, got: _Received) -> int:
     cent = truth["centroid_error_mm_mean"]
     print(f"ground truth: found {truth['gt_found_iou50']} of {truth['gt_objects']} simulated objects (visible-mask "
           f"IoU >= 0.5), mean centroid error {cent if cent is not None else float('nan'):.1f} mm")
+    idf1 = truth["idf1"]
+    print(f"track ids: {truth['track_ids']} distinct; against the simulator's object ids IDF1 "
+          f"{idf1 if idf1 is not None else float('nan'):.3f}, {truth['id_switches']} ID switches")
     _write_files(out, got, last)
     summary = {
         "frames": len(counts), "instances_total": sum(counts), "fps": fps,

@@ -8,20 +8,36 @@
 
 Both hand each frame's result to :class:`EvalRun`, which pairs it with its ground truth (a topic, paired by stamp
 within ``sync.slop``, or a :class:`~instance_seg_ros.tools.ground_truth.JsonGroundTruth`), scores the pair, and
-counts every frame it cannot evaluate under one of the ``R_*`` reasons.
+counts every frame it cannot evaluate under one of the ``R_*`` reasons. With ``frame_step`` N only every N-th frame
+(synchronized frame, or prediction message) is evaluated; the others are skipped before any work.
+
+Identities: in pipeline mode a :class:`~instance_seg_ros.core.tracking.Tracker` (``tracking.*``) gives the
+evaluated frames their track ids as the node does, with the frames' header stamps; in predictions mode the recorded
+``track_id`` s are taken as they are. Every scored frame keeps its ground-truth ids, its predictions' track ids and
+their visible-mask IoU (:class:`IdFrame`); :func:`mot_summary` runs them in stamp order through
+:class:`~instance_seg_ros.core.mot_metrics.MotAccumulator` (MOTA, MOTP, IDF1, ID switches).
 """
 
 from __future__ import annotations
 
 import bisect
+import dataclasses
+import math
 import time
 from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
+
+import numpy as np
 
 from ..core.msg_codec import MessageError, frame_result_from_instance_array, stamp_ns
 from ..core.types import FrameError, FrameResult, Intrinsics
 
 __all__ = [
+    "MOT_KEYS",
+    "NO_GT_IDS",
+    "NO_PRED_IDS",
     "R_COLOR",
     "R_DEPTH",
     "R_DESERIALIZE",
@@ -33,8 +49,10 @@ __all__ = [
     "R_SUPERSEDED",
     "R_UNMATCHED_END",
     "EvalRun",
+    "IdFrame",
     "PipelineReplay",
     "fmt_stamp",
+    "mot_summary",
     "score_predictions",
 ]
 
@@ -60,6 +78,79 @@ def fmt_stamp(ns: int) -> str:
     return f"{ns // 1_000_000_000}.{ns % 1_000_000_000:09d} s"
 
 
+# ---------------------------------------------------------------------------------------- identities
+@dataclass(frozen=True)
+class IdFrame:
+    """The identities of one scored frame, all the tracking figures need of it.
+
+    Attributes:
+        stamp_ns (int): the frame's header stamp.
+        gt_ids (tuple[int, ...]): each ground-truth instance's ``track_id`` (0: the instance has no identity).
+        pred_ids (tuple[int, ...]): the track ids of the predictions that have one (``track_id != 0``).
+        iou (np.ndarray[G, P] float64): visible-mask IoU between ground-truth instance ``i`` and tracked prediction
+            ``j``.
+    """
+
+    stamp_ns: int
+    gt_ids: tuple[int, ...]
+    pred_ids: tuple[int, ...]
+    iou: np.ndarray
+
+    @classmethod
+    def of(cls, stamp_ns: int, pred: FrameResult, gt: FrameResult) -> IdFrame:
+        from ..core.matching import crop_iou_matrix
+
+        gt_ids = tuple(int(g.track_id) for g in gt.instances)
+        tracked = [p for p in pred.instances if p.track_id]
+        # the IoU only where it can count: ground truth with identities and tracked predictions
+        iou = crop_iou_matrix(list(gt.instances), tracked) if any(gt_ids) and tracked \
+            else np.zeros((len(gt_ids), len(tracked)))
+        return cls(int(stamp_ns), gt_ids, tuple(int(p.track_id) for p in tracked), iou)
+
+
+MOT_KEYS = ("mota", "motp", "idf1", "idp", "idr", "id_switches", "id_switches_per_100", "frames", "gt_objects",
+            "gt_ids", "predictions", "pred_ids", "matches", "misses", "false_positives", "idtp", "idfp", "idfn")
+NO_GT_IDS = "ground truth has no identities"
+NO_PRED_IDS = "no prediction carries a track id"
+
+
+def mot_summary(frames: Sequence[IdFrame], iou_threshold: float) -> dict[str, Any]:
+    """The tracking figures of scored frames, taken in stamp order
+    (:class:`~instance_seg_ros.core.mot_metrics.MotAccumulator`).
+
+    Ground-truth instances without an identity (``track_id`` 0) are left out when others have one; a frame with the
+    same id twice (ground truth or predictions) is left out. Both are counted in ``notes``.
+
+    Returns:
+        ``{"status", **MOT_KEYS, "notes"}``: ``status`` is ``"ok"``, ``"no frames evaluated"``,
+        :data:`NO_GT_IDS` or :data:`NO_PRED_IDS`; the figures are NaN unless it is ``"ok"``.
+    """
+    from ..core.mot_metrics import MotAccumulator
+
+    out: dict[str, Any] = {"status": "ok", **dict.fromkeys(MOT_KEYS, math.nan), "notes": {}}
+    if not frames:
+        out["status"] = "no frames evaluated"
+    elif not any(any(f.gt_ids) for f in frames):
+        out["status"] = NO_GT_IDS
+    elif not any(f.pred_ids for f in frames):
+        out["status"] = NO_PRED_IDS
+    if out["status"] != "ok":
+        return out
+    notes: Counter[str] = Counter()
+    acc = MotAccumulator(iou_threshold=iou_threshold)
+    for f in sorted(frames, key=lambda f: f.stamp_ns):
+        keep = [i for i, g in enumerate(f.gt_ids) if g]
+        gt_ids = [f.gt_ids[i] for i in keep]
+        notes["ground-truth instances without an identity (left out)"] += len(f.gt_ids) - len(keep)
+        if len(set(gt_ids)) != len(gt_ids) or len(set(f.pred_ids)) != len(f.pred_ids):
+            notes["frames with a repeated id in one frame (left out)"] += 1
+            continue
+        acc.add(gt_ids, f.pred_ids, f.iou[keep])
+    out.update({k: v for k, v in acc.compute().as_dict().items() if k in MOT_KEYS})
+    out["notes"] = {k: n for k, n in notes.items() if n}
+    return out
+
+
 class EvalRun:
     """Bookkeeping of one evaluation: frames, rejections, pending results and ground truth, timings.
 
@@ -69,9 +160,10 @@ class EvalRun:
             build the JSON ground truth).
         json_gt: a :class:`~instance_seg_ros.tools.ground_truth.JsonGroundTruth`, or None (ground truth comes as
             messages: :meth:`add_gt`).
+        frame_step: evaluate every ``frame_step``-th frame offered to :meth:`take` (1 = all).
     """
 
-    def __init__(self, scorer: Any, config: Any, json_gt: Any = None) -> None:
+    def __init__(self, scorer: Any, config: Any, json_gt: Any = None, *, frame_step: int = 1) -> None:
         self.scorer = scorer
         self.config = config
         self.json_gt = json_gt
@@ -86,6 +178,21 @@ class EvalRun:
         self.per_frame: list[dict[str, Any]] = []
         self.frame_hw: tuple[int, int] | None = None
         self.rejected_stamps: set[int] = set()
+        self.frame_step = int(frame_step)
+        self.offered = 0
+        self.skipped_stamps: set[int] = set()
+        self.id_frames: list[IdFrame] = []
+        self.tracker_stats: dict[str, Any] | None = None  # the replay's Tracker.stats at the end (pipeline mode)
+
+    def take(self, stamp: int) -> bool:
+        """Whether the next frame (stamp ``stamp``) is evaluated under ``frame_step``; a skipped frame's ground truth
+        is dropped."""
+        self.offered += 1
+        if (self.offered - 1) % self.frame_step == 0:
+            return True
+        self.skipped_stamps.add(stamp)
+        self.pending_gt.pop(stamp, None)
+        return False
 
     def reject(self, reason: str, detail: str, stamp: int | None = None) -> None:
         self.rejected[reason] += 1
@@ -95,7 +202,7 @@ class EvalRun:
             self.rejected_stamps.add(stamp)
 
     def add_gt(self, stamp: int, gt: FrameResult) -> None:
-        if stamp in self.rejected_stamps:  # its frame was already rejected
+        if stamp in self.rejected_stamps or stamp in self.skipped_stamps:  # its frame was rejected or skipped
             return
         if stamp in self.pending_pred:
             pred, lat = self.pending_pred.pop(stamp)
@@ -150,6 +257,9 @@ class EvalRun:
         for k, v in lat.items():
             self.latency.setdefault(k, []).append(float(v))
         rec["latency_ms"] = {k: round(float(v), 3) for k, v in lat.items()}
+        ids = IdFrame.of(stamp, pred, gt)
+        rec["gt_track_ids"], rec["track_ids"] = list(ids.gt_ids), list(ids.pred_ids)
+        self.id_frames.append(ids)
         self.per_frame.append(rec)
         if self.frame_hw is None:
             self.frame_hw = (int(gt.height), int(gt.width))
@@ -212,6 +322,8 @@ def _prediction(run: EvalRun, msg: Any, err: str | None, t: int, same_as_gt: boo
         run.reject(R_DESERIALIZE, err or "")
         return False
     stamp = stamp_ns(msg)
+    if not run.take(stamp):
+        return True
     try:
         pred = frame_result_from_instance_array(msg)
     except MessageError as exc:
@@ -228,14 +340,19 @@ def _prediction(run: EvalRun, msg: Any, err: str | None, t: int, same_as_gt: boo
 class PipelineReplay:
     """Replay an open bag's color, depth and camera_info through ``seg`` (a loaded Segmenter), as the node would.
 
+    With ``tracking.enabled`` a :class:`~instance_seg_ros.core.tracking.Tracker` gives each evaluated frame's
+    instances their track ids after the Segmenter (stage ``tracking`` of the latency, in ``end_to_end``), and restarts
+    on an input time reset, as in the node.
+
     Args:
         run: where results and rejections go. seg: the Segmenter. config: its Config (``sync.slop``, input limits,
-            ``depth.scale_16uc1``). inputs: ``{"image", "image_format" ("raw" | "compressed"), "depth",
-            "camera_info"}`` topics. gt_topic: the ground-truth topic (None with JSON ground truth).
+            ``depth.scale_16uc1``, ``tracking.*``). inputs: ``{"image", "image_format" ("raw" | "compressed"),
+            "depth", "camera_info"}`` topics. gt_topic: the ground-truth topic (None with JSON ground truth).
     """
 
     def __init__(self, run: EvalRun, seg: Any, config: Any, inputs: dict[str, Any], gt_topic: str | None) -> None:
         from ..core.sync import StampSynchronizer
+        from ..core.tracking import Tracker
 
         self.run, self.seg, self.config, self.gt_topic = run, seg, config, gt_topic
         self.streams = {inputs["image"]: "image", inputs["depth"]: "depth", inputs["camera_info"]: "camera_info"}
@@ -244,7 +361,9 @@ class PipelineReplay:
         self.open_pivots: set[int] = set()  # color stamps waiting for their partners
         self.newest = 0
         self.sync = StampSynchronizer(("image", "depth", "camera_info"), slop=config.sync.slop,
-                                      queue_size=_SYNC_QUEUE, max_age=_SYNC_MAX_AGE, on_drop=self._on_drop)
+                                      queue_size=_SYNC_QUEUE, max_age=_SYNC_MAX_AGE, on_drop=self._on_drop,
+                                      on_reset=self._on_reset)
+        self.tracker = Tracker(config.tracking) if config.tracking.enabled else None
 
     def replay(self, reader: Any, max_frames: int | None, bar: Any) -> None:
         """Every message of the input (and ground-truth) topics in bag order; at most ``max_frames`` color frames."""
@@ -268,6 +387,8 @@ class PipelineReplay:
                 if done and not self.open_pivots and not self.run.pending_pred:
                     break
             self._flush()
+        if self.tracker is not None:
+            self.run.tracker_stats = dataclasses.asdict(self.tracker.stats)
 
     def _input(self, stream: str, topic: str, msg: Any, err: str | None) -> None:
         from ..core.sync import StampError
@@ -305,6 +426,11 @@ class PipelineReplay:
                                              f"{self.config.sync.slop:g} s", stamp)
         self.open_pivots.clear()
 
+    def _on_reset(self, stream: str, _previous: int, stamp: int, reason: str) -> None:
+        self.run.notes[f"input time resets ({reason})"] += 1
+        if self.tracker is not None:
+            self.tracker.reset(f"input time reset on {stream} ({reason})", stamp / 1e9)
+
     def _on_drop(self, stream: str, stamp: int, missing: tuple[str, ...]) -> None:
         if stream != "image":
             self.run.notes[f"unused {stream} messages"] += 1
@@ -322,7 +448,7 @@ class PipelineReplay:
         """One matched frame: decode, run the pipeline, hand the result on (or reject it with the reason)."""
         stamp = m.stamp_ns
         self.open_pivots.discard(stamp)
-        if m.msgs[0] is None:  # the end-of-bag sentinel
+        if m.msgs[0] is None or not self.run.take(stamp):  # the end-of-bag sentinel, or a frame --frame-step skips
             return
         t0 = time.perf_counter()
         decoded = self._decode(stamp, *m.msgs)
@@ -335,6 +461,9 @@ class PipelineReplay:
         except FrameError as exc:
             self.run.reject(R_FRAME, f"frame {fmt_stamp(stamp)}: {exc}", stamp)
             return
+        if self.tracker is not None:
+            self.tracker.update(stamp / 1e9, result.instances)
+            result.timings["tracking"] = self.tracker.stats.last_update_ms
         t2 = time.perf_counter()
         lat = {"decode": (t1 - t0) * 1e3, **result.timings, "end_to_end": (t2 - t0) * 1e3}
         self.run.predicted(stamp, result, lat, depth=depth, K=K)

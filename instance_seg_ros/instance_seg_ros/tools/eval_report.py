@@ -88,7 +88,7 @@ def format_markdown(report: dict[str, Any]) -> str:
     L += ["Command:", "", "```", r.get("command", "(called from Python)"), "```", ""]
     if r.get("invoked_as"):
         L += [f"Invoked as: `{r['invoked_as']}`", ""]
-    for section in (_md_input, _md_model, _md_frames, _md_accuracy, _md_latency, _md_definitions):
+    for section in (_md_input, _md_model, _md_frames, _md_accuracy, _md_tracking, _md_latency, _md_definitions):
         L += section(r)
     return "\n".join(L)
 
@@ -125,8 +125,11 @@ def _md_frames(r: dict[str, Any]) -> list[str]:
     fr = r["frames"]
     L = ["## Frames", ""]
     read = "frames in the bag (" + ("color" if r["mode"] == "pipeline" else "prediction") + " messages read)"
-    L += markdown_table(["", "count"], [[read, fr["messages"]], ["evaluated", fr["evaluated"]],
-                                        ["rejected", fr["rejected"]]])
+    rows = [[read, fr["messages"]]]
+    if fr.get("frame_step", 1) != 1:
+        rows.append([f"skipped (--frame-step {fr['frame_step']}: one frame in {fr['frame_step']} evaluated)",
+                     fr["skipped"]])
+    L += markdown_table(["", "count"], [*rows, ["evaluated", fr["evaluated"]], ["rejected", fr["rejected"]]])
     if fr["rejected_by_reason"]:
         L += markdown_table(["rejected because", "frames", "first example"],
                             [[k, n, fr["rejected_examples"].get(k, "")] for k, n in fr["rejected_by_reason"].items()])
@@ -169,6 +172,33 @@ def _md_accuracy(r: dict[str, Any]) -> list[str]:
     return L
 
 
+def _md_tracking(r: dict[str, Any]) -> list[str]:
+    t = r.get("tracking")
+    if t is None:  # a report written before the tracking figures
+        return []
+    L = ["## Tracking", "", f"Track ids from {t['ids_from']}; matched to the ground truth's ids at visible-mask IoU "
+         f">= {_f(t['iou_threshold'], 2)}.", ""]
+    if t["status"] != "ok":
+        return L + [f"No tracking figures: {t['status']}.", ""]
+    L += markdown_table(["metric", "value"], [
+        ["IDF1", _f(t["idf1"])], ["IDP / IDR", f"{_f(t['idp'])} / {_f(t['idr'])}"],
+        ["MOTA", _f(t["mota"])], ["MOTP (mean IoU of the matches)", _f(t["motp"])],
+        ["ID switches", f"{t['id_switches']} ({_f(t['id_switches_per_100'], 2)} per 100 ground-truth object-frames)"],
+        ["frames counted", t["frames"]],
+        ["ground-truth object-frames / identities", f"{t['gt_objects']} / {t['gt_ids']}"],
+        ["tracked predictions (object-frames) / track ids", f"{t['predictions']} / {t['pred_ids']}"],
+        ["matches / misses / false positives", f"{t['matches']} / {t['misses']} / {t['false_positives']}"],
+    ])
+    ms, st = t.get("tracker_update_ms"), t.get("tracker")
+    if ms:
+        L += [f"Tracker update per frame: median {_f(ms['p50'], 2)} ms, p90 {_f(ms['p90'], 2)} ms, max "
+              f"{_f(ms['max'], 2)} ms ({ms['count']} frames)."
+              + (f" Ids issued: {st['ids_issued']}; tracker resets: {st['resets']}." if st else ""), ""]
+    for note, n in t.get("notes", {}).items():
+        L += [f"- {note}: {n}"]
+    return L + ([""] if t.get("notes") else [])
+
+
 def _md_latency(r: dict[str, Any]) -> list[str]:
     L = ["## Latency", "", r.get("latency_note", ""), ""]
     L += markdown_table(["stage (ms)", "p50", "p90", "p99", "mean", "max", "frames"],
@@ -192,6 +222,11 @@ def _md_definitions(r: dict[str, Any]) -> list[str]:
             "known.",
             "- Point-cloud precision: share of an instance's points within the tolerance of the nearest point of its "
             "matched ground-truth object's cloud.",
+            "- Tracking (CLEAR MOT, IDF1; `core/mot_metrics.py`): per frame in stamp order, ground-truth ids against "
+            f"the predictions' track ids (track id 0 left out) at visible-mask IoU >= {iou}. MOTA = 1 - (misses + "
+            "false positives + ID switches) / ground-truth object-frames; MOTP = mean IoU of the matches; an ID "
+            "switch is a ground-truth object matched to another track id than at its previous match; IDF1 = "
+            "2 IDTP / (2 IDTP + IDFP + IDFN) with one track id per ground-truth identity over the whole sequence.",
             ""]
 
 

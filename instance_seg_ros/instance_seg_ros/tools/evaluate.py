@@ -24,6 +24,14 @@ Output in ``--out``: ``report.md`` (every figure, the command line, the model an
 ``metrics.json`` (the same and per-frame records; NaN is written as null), and PNG plots:
 ``pr_visible.png``, ``pr_amodal.png``, ``latency_hist.png``, ``occlusion_error.png``.
 
+Identities (the *Tracking* section): in pipeline mode, with ``tracking.enabled`` (the default), a
+:class:`~instance_seg_ros.core.tracking.Tracker` runs over the evaluated frames in stamp order with their header
+stamps, as in the node; in predictions mode the recorded ``track_id`` s are scored as they are. When the ground
+truth carries identities (a ``track_id`` != 0: ``isr record`` and the simulated camera write each object's id),
+MOTA, MOTP, IDF1 and the ID switches are reported beside the mask AP (:func:`~.eval_replay.mot_summary`).
+``--frame-step N`` evaluates every N-th synchronized frame only (2: every other frame dropped, so the tracker sees
+twice the motion between frames).
+
 Frames that cannot be evaluated (undecodable or corrupt messages, bad stamps, no partner within slop, no
 ground truth) are counted per reason; the rest are evaluated. A requested topic that the bag lacks is an
 error naming the topic and listing the bag's topics (exit status 2).
@@ -66,6 +74,7 @@ def evaluate(
     iou_threshold: float = 0.5,
     cloud_tolerance: float = 0.01,
     max_frames: int | None = None,
+    frame_step: int = 1,
     seed: int = 0,
     progress: bool = False,
     log: Callable[[str], None] | None = None,
@@ -88,7 +97,9 @@ def evaluate(
             and loaded, after ``torch.manual_seed(seed)``, when ``None``).
         iou_threshold: visible-mask IoU of a match for the matching-based figures (COCO's AP uses its own
             thresholds). cloud_tolerance: meters, see :mod:`~instance_seg_ros.core.eval_metrics`.
-        max_frames: evaluate at most this many frames (color or prediction messages), ``None`` = all.
+        max_frames: read at most this many frames (color or prediction messages), ``None`` = all.
+        frame_step: evaluate every ``frame_step``-th synchronized frame (or prediction message) of those read; the
+            tracker sees only those.
         progress: show a tqdm progress bar over the frames on stderr.
         log: called with a line per notable event (default: nothing).
 
@@ -105,6 +116,8 @@ def evaluate(
     log = log or (lambda _m: None)
     bag = Path(bag)
     scorer = _scorer(max_frames, iou_threshold, cloud_tolerance)
+    if int(frame_step) < 1:
+        raise EvalError(f"--frame-step must be >= 1, got {frame_step}.")
     if config is None:
         config = segmenter.config if segmenter is not None else _default_config(log)
     json_gt = JsonGroundTruth(gt_json) if gt_json is not None else None
@@ -113,7 +126,7 @@ def evaluate(
         available = topics(reader)
         inputs = _inputs(available, bag, json_gt=json_gt, gt_topic=gt_topic, predictions_topic=predictions_topic,
                          image_topic=image_topic, depth_topic=depth_topic, info_topic=info_topic)
-        run = EvalRun(scorer, config, json_gt)
+        run = EvalRun(scorer, config, json_gt, frame_step=int(frame_step))
         gt_stream = None if json_gt else gt_topic
         model: dict[str, Any] | None = None
         t_start = time.perf_counter()
@@ -204,6 +217,7 @@ def _report(bag: Path, available: dict[str, tuple[str, int]], inputs: dict[str, 
     metrics = run.scorer.summarize()
     metrics.pop("frames")  # the count of scored frames: frames.evaluated below
     fps, latency_note = _rate(mode, run)
+    tracking = _tracking(mode, config, run, inputs)
     return {
         "tool": "isr eval",
         "mode": mode,
@@ -215,6 +229,8 @@ def _report(bag: Path, available: dict[str, tuple[str, int]], inputs: dict[str, 
         "seed": int(seed),
         "frames": {
             "messages": run.messages,
+            "frame_step": run.frame_step,
+            "skipped": len(run.skipped_stamps),
             "evaluated": len(run.per_frame),
             "rejected": int(sum(run.rejected.values())),
             "rejected_by_reason": dict(run.rejected),
@@ -222,6 +238,7 @@ def _report(bag: Path, available: dict[str, tuple[str, int]], inputs: dict[str, 
             "notes": dict(run.notes),
         },
         **metrics,
+        "tracking": tracking,
         "latency_ms": {k: distribution(v) for k, v in run.latency.items()},
         "latency_note": latency_note,
         "fps": fps,
@@ -230,18 +247,42 @@ def _report(bag: Path, available: dict[str, tuple[str, int]], inputs: dict[str, 
     }
 
 
+def _tracking(mode: str, config: Any, run: Any, inputs: dict[str, Any]) -> dict[str, Any]:
+    """The report's ``tracking``: where the ids come from, the MOT figures (:func:`~.eval_replay.mot_summary`) and,
+    in pipeline mode, the tracker's cost per frame and its counters."""
+    from ..core.eval_metrics import distribution
+    from .eval_replay import mot_summary
+
+    if mode == "predictions":
+        ids_from = f"the recorded track_id of {inputs['predictions']}"
+    elif config.tracking.enabled:
+        ids_from = "the tracker (tracking.*), over the evaluated frames in stamp order"
+    else:
+        ids_from = "none: tracking.enabled is false"
+    out = {"ids_from": ids_from, "iou_threshold": run.scorer.iou_threshold, "frame_step": run.frame_step,
+           **mot_summary(run.id_frames, run.scorer.iou_threshold)}
+    if mode == "pipeline" and not config.tracking.enabled:
+        out["status"] = "tracking disabled (tracking.enabled is false)"
+    ms = run.latency.get("tracking")
+    out["tracker_update_ms"] = distribution(ms) if ms else None
+    out["tracker"] = run.tracker_stats
+    return out
+
+
 def _rate(mode: str, run: Any) -> tuple[float, str]:
     """Frames per second and the note saying what the latency figures measure."""
     if mode == "pipeline":
         e2e = run.latency.get("end_to_end", [])
         fps = len(e2e) / (sum(e2e) / 1e3) if e2e and sum(e2e) > 0 else math.nan
         return fps, ("pipeline stages on this machine (ms); decode = color + depth + camera_info to numpy; "
-                     "end_to_end = decode + Segmenter.process; fps = frames / sum(end_to_end)")
+                     "tracking = Tracker.update; end_to_end = decode + Segmenter.process + tracking; "
+                     "fps = frames / sum(end_to_end)")
     stamps = sorted(r["stamp_ns"] for r in run.per_frame)
     span = (stamps[-1] - stamps[0]) / 1e9 if len(stamps) >= 2 else 0.0
-    fps = (len(stamps) - 1) / span if span > 0 else math.nan
+    fps = (len(stamps) - 1) * run.frame_step / span if span > 0 else math.nan
     return fps, ("recorded = bag receive time - header stamp of each prediction (the live node's latency "
-                 "when the recorder ran on its machine); fps = prediction rate by stamp")
+                 "when the recorder ran on its machine); fps = prediction rate by stamp (evaluated predictions "
+                 "x --frame-step)")
 
 
 def _bar(progress: bool, total: int, max_frames: int | None):
@@ -280,10 +321,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", default=None, metavar="DIR",
                         help="output directory for report.md, metrics.json and the plots (default: <bag>_eval)")
     parser.add_argument("--iou", type=float, default=0.5,
-                        help="visible-mask IoU of a match for recall, centroid, occlusion and cloud figures (0.5)")
+                        help="visible-mask IoU of a match for recall, centroid, occlusion, cloud and tracking figures "
+                             "(0.5)")
     parser.add_argument("--cloud-tolerance", type=float, default=0.01,
                         help="meters: a predicted point this close to its object's true cloud is on it (0.01)")
-    parser.add_argument("--max-frames", type=int, default=None, help="evaluate at most this many frames")
+    parser.add_argument("--max-frames", type=int, default=None,
+                        help="read at most this many frames (color or prediction messages, before --frame-step)")
+    parser.add_argument("--frame-step", type=int, default=1, metavar="N",
+                        help="evaluate every N-th synchronized frame (or prediction message) only; the others are "
+                             "skipped before the pipeline and the tracker, so 2 = every other frame dropped (1)")
     parser.add_argument("--seed", type=int, default=0, help="torch seed before the model is built (0)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar or log lines")
 
@@ -302,6 +348,8 @@ def command_line(args: argparse.Namespace) -> str:
     parts += ["--out", str(args.out), "--iou", f"{args.iou:g}", "--cloud-tolerance", f"{args.cloud_tolerance:g}"]
     if args.max_frames is not None:
         parts += ["--max-frames", str(args.max_frames)]
+    if args.frame_step != 1:
+        parts += ["--frame-step", str(args.frame_step)]
     parts += ["--seed", str(args.seed)]
     if args.quiet:
         parts.append("--quiet")
@@ -320,6 +368,9 @@ def run(args: argparse.Namespace) -> int:
               "not both and not neither.", file=sys.stderr)
         return 2
     if args.frames is not None:
+        if args.frame_step != 1:
+            print("isr eval: error: --frame-step applies to bags only.", file=sys.stderr)
+            return 2
         from .eval_frames import run_frames
 
         return run_frames(args)
@@ -339,7 +390,7 @@ def run(args: argparse.Namespace) -> int:
             args.bag, config=config, image_topic=args.image_topic, depth_topic=args.depth_topic,
             info_topic=args.info_topic, gt_topic=args.gt_topic, gt_json=args.gt_json,
             predictions_topic=args.predictions_topic, iou_threshold=args.iou, cloud_tolerance=args.cloud_tolerance,
-            max_frames=args.max_frames, seed=args.seed, progress=not args.quiet, log=log,
+            max_frames=args.max_frames, frame_step=args.frame_step, seed=args.seed, progress=not args.quiet, log=log,
         )
     except (EvalError, ConfigError, BagError, GroundTruthError, WeightsError) as exc:
         print(f"isr eval: error: {exc}", file=sys.stderr)
@@ -351,8 +402,11 @@ def run(args: argparse.Namespace) -> int:
     paths = write_outputs(report, args.out)
     f = report["frames"]
     c = report["coco"]
+    t = report["tracking"]
+    ids = (f"IDF1 {_pct(t['idf1'])}, MOTA {_pct(t['mota'])}, {t['id_switches']} ID switches" if t["status"] == "ok"
+           else f"tracking: {t['status']}")
     print(f"isr eval: {f['evaluated']} of {f['messages']} frames evaluated, {f['rejected']} rejected; "
-          f"mask AP {_pct(c['mask_ap'])}, AP50 {_pct(c['mask_ap50'])}, amodal AP {_pct(c['amodal_ap'])}; "
+          f"mask AP {_pct(c['mask_ap'])}, AP50 {_pct(c['mask_ap50'])}, amodal AP {_pct(c['amodal_ap'])}; {ids}; "
           f"report -> {paths[0]}")
     if f["rejected"]:
         for reason, n in f["rejected_by_reason"].items():

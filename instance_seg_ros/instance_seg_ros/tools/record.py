@@ -6,7 +6,10 @@ Topics (one message each per frame, all with the frame's stamp and frame_id ``ca
   ``/camera/color/image_raw/compressed`` (sensor_msgs/CompressedImage, jpeg)
 - ``/camera/aligned_depth_to_color/image_raw`` (sensor_msgs/Image 16UC1 millimetres or 32FC1 meters, NaN invalid)
 - ``/camera/color/camera_info`` (sensor_msgs/CameraInfo)
-- ``/ground_truth`` (instance_seg_msgs/InstanceArray: the scene's ground truth, see ``Frame.to_frame_result``)
+- ``/ground_truth`` (instance_seg_msgs/InstanceArray: the scene's ground truth, see ``Frame.to_frame_result``), each
+  object's ``track_id`` = :func:`~instance_seg_ros.sim.randomization.scene_track_id`: the same for an object in
+  every frame of its scene, never taken by an object of another scene (the identities ``isr eval`` scores tracking
+  against)
 
 The frames are spread over ``--scenes`` random scenes (the scene changes every ``frames / scenes``
 frames); within a scene the camera orbits the pile slowly (1.5 degrees per frame, with a slight
@@ -24,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from ..core.types import Intrinsics
+from ..sim.randomization import scene_track_id
 
 __all__ = ["COLOR_TOPIC", "COMPRESSED_TOPIC", "DEPTH_TOPIC", "GT_TOPIC", "INFO_TOPIC", "RecordError",
            "add_arguments", "record", "run"]
@@ -99,9 +103,9 @@ def record(
             INFO_TOPIC: writer.add_connection(INFO_TOPIC, "sensor_msgs/msg/CameraInfo", typestore=ts),
             GT_TOPIC: writer.add_connection(GT_TOPIC, bagio.INSTANCE_ARRAY, typestore=ts),
         }
-        for frame in _render(frames, scenes, seed, cfg, k, noise):
+        for scene_index, frame in _render(frames, scenes, seed, cfg, k, noise):
             stamp = int(round(start_time * 1e9)) + int(round(i * 1e9 / rate))
-            for topic, msg in _messages(frame, k, stamp, color_topic, depth_encoding):
+            for topic, msg in _messages(frame, scene_index, k, stamp, color_topic, depth_encoding):
                 writer.write(conns[topic], stamp, ts.serialize_cdr(msg, msg.__msgtype__))
                 counts[topic] += 1
             i += 1
@@ -128,9 +132,10 @@ def _check_arguments(frames: int, scenes: int, storage: str, depth_encoding: str
         raise RecordError(f"--width/--height must be within 16..4096, got {width}x{height}.")
 
 
-def _render(frames: int, scenes: int, seed: int, cfg: Any, k: Intrinsics, noise: bool) -> Iterator[Any]:
-    """The ``frames`` frames, spread over ``scenes`` random scenes (scene ``s`` from seed ``seed * 100003 + s``);
-    within a scene the camera (intrinsics ``k``) orbits the pile 1.5 degrees per frame, with a slight bob."""
+def _render(frames: int, scenes: int, seed: int, cfg: Any, k: Intrinsics, noise: bool) -> Iterator[tuple[int, Any]]:
+    """``(scene index, frame)`` of the ``frames`` frames, spread over ``scenes`` random scenes (scene ``s`` from seed
+    ``seed * 100003 + s``); within a scene the camera (intrinsics ``k``) orbits the pile 1.5 degrees per frame, with
+    a slight bob."""
     import numpy as np
 
     from ..sim.camera import Camera
@@ -154,12 +159,13 @@ def _render(frames: int, scenes: int, seed: int, cfg: Any, k: Intrinsics, noise:
                 cam = Camera.orbit(target, distance=dist + 0.02 * math.sin(0.3 * j),
                                    elevation_deg=elev + 2.0 * math.sin(0.2 * j), azimuth_deg=azim + 1.5 * j,
                                    intrinsics=k, near=cfg.near, far=cfg.far)
-                yield scene.render(cam, noise=sensor, seed=j)
+                yield s, scene.render(cam, noise=sensor, seed=j)
 
 
-def _messages(frame: Any, k: Intrinsics, stamp: int, color_topic: str, depth_encoding: str) -> list[tuple[str, Any]]:
-    """``(topic, message)`` of one frame: color (Image rgb8 or CompressedImage jpeg), depth, camera_info, ground
-    truth."""
+def _messages(frame: Any, scene_index: int, k: Intrinsics, stamp: int, color_topic: str,
+              depth_encoding: str) -> list[tuple[str, Any]]:
+    """``(topic, message)`` of one frame of scene ``scene_index``: color (Image rgb8 or CompressedImage jpeg), depth,
+    camera_info, ground truth (track ids by :func:`~instance_seg_ros.sim.randomization.scene_track_id`)."""
     from ..core.images import encode_depth_16uc1
     from . import bagio
 
@@ -171,8 +177,11 @@ def _messages(frame: Any, k: Intrinsics, stamp: int, color_topic: str, depth_enc
         dmsg = bagio.image_msg(encode_depth_16uc1(frame.depth), "16UC1", stamp_ns=stamp)
     else:
         dmsg = bagio.image_msg(frame.depth, "32FC1", stamp_ns=stamp)
+    gt = frame.to_frame_result()
+    for inst in gt.instances:
+        inst.track_id = scene_track_id(scene_index, inst.track_id)
     return [(color_topic, cmsg), (DEPTH_TOPIC, dmsg), (INFO_TOPIC, bagio.camera_info_msg(k, stamp_ns=stamp)),
-            (GT_TOPIC, bagio.instance_array_msg(frame.to_frame_result(), stamp_ns=stamp))]
+            (GT_TOPIC, bagio.instance_array_msg(gt, stamp_ns=stamp))]
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
