@@ -3,8 +3,9 @@
 The frame is a simulated tabletop pile (``sim.scene``, fixed seed) at ``--width`` x ``--height`` with
 ``--instances`` objects, encoded once as the messages a camera driver sends (``rgb8`` color, ``16UC1``
 depth in millimetres, CameraInfo). Each run then goes the node's way: decode the messages, run the pipeline,
-build the ``InstanceArray``. Per stage (``decode``, ``preprocess``, ``inference``, ``postprocess``, ``lift``,
-``cloud_filter``, ``geometry``, ``message``) and end to end it reports the median and p99 over ``--runs``
+build the ``InstanceArray``; ours also runs the node's tracker (``tracking``; the baseline does not track). Per
+stage (``decode``, ``proposals``, ``preprocess``, ``inference``, ``postprocess``, ``lift``, ``support_plane``,
+``cloud_filter``, ``geometry``, ``tracking``, ``message``) and end to end it reports the median and p99 over ``--runs``
 runs after ``--warmup`` runs, frames per second (1000 / median end-to-end ms), the peak resident memory
 (RSS, sampled during the runs) and, on CUDA, the peak allocated GPU memory.
 
@@ -284,8 +285,25 @@ class _Bench:
         seg = self.seg
         self.log(f"ours: {seg.meta.backbone} on {seg.predictor.device} ({seg.predictor.precision}, "
                  f"{torch.get_num_threads()} threads), {self.runs} runs after {self.warmup} warm-up")
-        ours = _time_runs(seg.process, self.decode, self.build_msg, self.runs, self.warmup, seg.predictor.device)
+        ours = _time_runs(self._tracked(seg), self.decode, self.build_msg, self.runs, self.warmup,
+                          seg.predictor.device)
         return ours, ours.pop("_result")
+
+    def _tracked(self, seg: Any) -> Callable[[Any, Any, Any], Any]:
+        """``seg.process`` followed by the node's tracker (``tracking.*``; a camera at 30 Hz), timed as ``tracking``."""
+        from ..core.tracking import Tracker
+
+        tracker, stamp = Tracker(self.cfg.tracking), [0.0]
+
+        def process(color: Any, depth: Any, K: Any) -> Any:
+            result = seg.process(color, depth, K)
+            stamp[0] += 1 / 30
+            t0 = time.perf_counter()
+            tracker.update(stamp[0], result.instances)
+            result.timings["tracking"] = (time.perf_counter() - t0) * 1e3
+            return result
+
+        return process
 
     def message_ground_truth(self) -> dict[str, Any]:
         """Message building on realistic content: the scene's ground-truth instances (true masks, their clouds)

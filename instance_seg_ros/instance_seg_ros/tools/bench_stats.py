@@ -14,7 +14,7 @@ __all__ = ["OUTSIDE_NETWORK", "STAGES", "RssSampler", "stats"]
 
 #: Stages timed per run, in pipeline order.
 STAGES = ("decode", "proposals", "preprocess", "inference", "postprocess", "lift", "support_plane", "cloud_filter",
-          "geometry", "message")
+          "geometry", "tracking", "message")
 #: Stages outside the network (the issue's "overhead"): everything but ``inference``.
 OUTSIDE_NETWORK = tuple(s for s in STAGES if s != "inference")
 
