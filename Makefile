@@ -10,6 +10,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMPS := .stamps
 REQS := requirements/ros.txt requirements/ml.txt requirements/dev.txt
+GRASP_REQS := requirements/grasp.txt
 MSG_SRC := instance_seg_msgs/CMakeLists.txt instance_seg_msgs/package.xml $(wildcard instance_seg_msgs/msg/*.msg)
 PKG_SRC := instance_seg_ros/setup.py instance_seg_ros/setup.cfg instance_seg_ros/package.xml \
 	$(wildcard instance_seg_ros/launch/*.py) $(wildcard instance_seg_ros/config/*.yaml)
@@ -17,16 +18,17 @@ PYTEST_ARGS ?=
 
 REALDATA ?= ../shared/realdata
 
-.PHONY: help setup test demo eval-real lint format clean distclean
+.PHONY: help setup setup-grasp test demo eval-real lint format clean distclean
 
 help:
 	@echo "make test    set up (venv, ROS 2 wheels, colcon build), lint, run the tests"
 	@echo "make demo    set up, then run the demo (sim camera + instance_seg_node), outputs in demo_out/"
 	@echo "make eval-real  the shipped model and the plane baseline on the real frames in REALDATA -> eval_real/"
 	@echo "make setup   only the set-up;  then: source env.sh"
+	@echo "make setup-grasp  (part of setup) the Contact-GraspNet extra, requirements/grasp.txt, ~7 s"
 	@echo "make lint | clean | distclean"
 
-setup: $(STAMPS)/build
+setup: $(STAMPS)/build $(STAMPS)/grasp
 
 $(STAMPS)/system:
 	@mkdir -p $(STAMPS)
@@ -39,6 +41,14 @@ $(STAMPS)/venv: $(REQS) scripts/fix_wheel_cmake.sh
 	$(PY) -m pip install -q --disable-pip-version-check -r requirements/ros.txt -r requirements/ml.txt \
 		-r requirements/dev.txt
 	scripts/fix_wheel_cmake.sh $(VENV)
+	@touch $@
+
+# The Contact-GraspNet extra (instance_seg_ros.grasp): prebuilt wheels only, --no-deps (see requirements/grasp.txt).
+# ~7 s here, so `setup` (and CI) includes it; the package itself imports and tests without it.
+setup-grasp: setup
+
+$(STAMPS)/grasp: $(STAMPS)/venv $(GRASP_REQS)
+	$(PY) -m pip install -q --disable-pip-version-check --no-deps -r $(GRASP_REQS)
 	@touch $@
 
 $(STAMPS)/build: $(STAMPS)/system $(STAMPS)/venv $(MSG_SRC) $(PKG_SRC)
