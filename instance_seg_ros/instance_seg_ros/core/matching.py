@@ -1,4 +1,5 @@
-"""Matching predicted instances to ground truth by visible-mask IoU.
+"""Matching predicted instances to ground truth by visible-mask IoU; box IoU and optimal one-to-one assignment
+(shared by the tracker and the tracking metrics).
 
 Used by the demo's ground-truth line, the shipped-model test and the rosbag evaluator's 3D metrics
 (the COCO AP figures come from :mod:`.coco_eval`, which runs pycocotools).
@@ -9,10 +10,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+from scipy.optimize import linear_sum_assignment
 
 from .types import FrameResult, InstanceResult
 
-__all__ = ["Match", "crop_iou_matrix", "match_instances"]
+__all__ = ["Match", "assign", "box_iou_matrix", "crop_iou_matrix", "match_instances"]
 
 
 def _box_xyxy(inst: InstanceResult, amodal: bool) -> tuple[int, int, int, int]:
@@ -72,3 +74,29 @@ def match_instances(pred: FrameResult, gt: FrameResult, *, iou_threshold: float 
                 if p.num_points and g.num_points else float("nan")
             matches.append(Match(i, best, float(best_iou), err))
     return matches
+
+
+def box_iou_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """IoU float64[N, M] of boxes ``a`` [N, 4] and ``b`` [M, 4] given as ``(x, y, w, h)`` (the
+    :mod:`.types` convention); 0 where a union is empty."""
+    a = np.asarray(a, dtype=np.float64).reshape(-1, 4)
+    b = np.asarray(b, dtype=np.float64).reshape(-1, 4)
+    ax0, ay0, aw, ah = (a[:, k, None] for k in range(4))
+    bx0, by0, bw, bh = (b[None, :, k] for k in range(4))
+    iw = np.clip(np.minimum(ax0 + aw, bx0 + bw) - np.maximum(ax0, bx0), 0.0, None)
+    ih = np.clip(np.minimum(ay0 + ah, by0 + bh) - np.maximum(ay0, by0), 0.0, None)
+    inter = iw * ih
+    union = aw * ah + bw * bh - inter
+    return np.divide(inter, union, out=np.zeros_like(inter), where=union > 0)
+
+
+def assign(similarity: np.ndarray, min_similarity: float) -> list[tuple[int, int]]:
+    """Optimal one-to-one pairs ``(row, col)`` maximising the summed similarity over the pairs whose similarity is at
+    least ``min_similarity`` (> 0); rows and columns left without such a pair stay unmatched. Sorted by row."""
+    if min_similarity <= 0.0:
+        raise ValueError(f"min_similarity must be above 0, got {min_similarity}.")
+    if similarity.size == 0:
+        return []
+    w = np.where(similarity >= min_similarity, similarity, 0.0)
+    rows, cols = linear_sum_assignment(w, maximize=True)
+    return [(int(r), int(c)) for r, c in zip(rows, cols, strict=True) if w[r, c] > 0.0]

@@ -50,8 +50,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 from scipy.optimize import linear_sum_assignment
 
-from .matching import crop_iou_matrix
-from .tracking import assign, box_iou_matrix
+from .matching import assign, box_iou_matrix, crop_iou_matrix
 from .types import InstanceResult
 
 __all__ = ["MotAccumulator", "MotMetrics"]

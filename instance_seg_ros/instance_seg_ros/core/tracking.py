@@ -47,10 +47,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
-from scipy.optimize import linear_sum_assignment
 
 from .config import TrackerConfig
-from .matching import crop_iou_matrix
+from .matching import assign, box_iou_matrix, crop_iou_matrix
 from .types import InstanceResult
 
 __all__ = [
@@ -107,20 +106,6 @@ class TrackerStats:
 
 # ----------------------------------------------------------------------------------------------------------------
 # Geometry of the association
-
-
-def box_iou_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """IoU float64[N, M] of boxes ``a`` [N, 4] and ``b`` [M, 4] given as ``(x, y, w, h)`` (the
-    :mod:`.types` convention); 0 where a union is empty."""
-    a = np.asarray(a, dtype=np.float64).reshape(-1, 4)
-    b = np.asarray(b, dtype=np.float64).reshape(-1, 4)
-    ax0, ay0, aw, ah = (a[:, k, None] for k in range(4))
-    bx0, by0, bw, bh = (b[None, :, k] for k in range(4))
-    iw = np.clip(np.minimum(ax0 + aw, bx0 + bw) - np.maximum(ax0, bx0), 0.0, None)
-    ih = np.clip(np.minimum(ay0 + ah, by0 + bh) - np.maximum(ay0, by0), 0.0, None)
-    inter = iw * ih
-    union = aw * ah + bw * bh - inter
-    return np.divide(inter, union, out=np.zeros_like(inter), where=union > 0)
 
 
 def _centroids(instances: Sequence[InstanceResult]) -> tuple[np.ndarray, np.ndarray]:
@@ -184,18 +169,6 @@ def _mask_ious(dets: Sequence[InstanceResult], tracks: Sequence[InstanceResult],
         rows = np.flatnonzero(candidates[:, j])
         out[rows, j] = crop_iou_matrix([dets[i] for i in rows], [tracks[j]], amodal=amodal)[:, 0]
     return out
-
-
-def assign(similarity: np.ndarray, min_similarity: float) -> list[tuple[int, int]]:
-    """Optimal one-to-one pairs ``(row, col)`` maximising the summed similarity over the pairs whose similarity is at
-    least ``min_similarity`` (> 0); rows and columns left without such a pair stay unmatched. Sorted by row."""
-    if min_similarity <= 0.0:
-        raise ValueError(f"min_similarity must be above 0, got {min_similarity}.")
-    if similarity.size == 0:
-        return []
-    w = np.where(similarity >= min_similarity, similarity, 0.0)
-    rows, cols = linear_sum_assignment(w, maximize=True)
-    return [(int(r), int(c)) for r, c in zip(rows, cols, strict=True) if w[r, c] > 0.0]
 
 
 # ----------------------------------------------------------------------------------------------------------------
