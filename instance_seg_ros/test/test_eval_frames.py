@@ -62,11 +62,12 @@ def test_real_frames_shipped_model_beside_the_plane_baseline(tmp_path, capsys):
     assert c["unmatched_removed"] > 0 and c["unmatched_removed"] == c["dropped"]
     before, after = m["methods"]["model_no_plane_check"]["matching"], m["methods"]["model"]["matching"]
     assert after["matched"] == before["matched"] and after["unmatched"] < before["unmatched"]
-    # regression guard for the shipped model (MODEL.md, 2026-12-03: 29 of 35 found, 1.5 unmatched per frame,
-    # overlap F 0.761), with a margin: a guard against getting worse, not a target
-    assert after["matched"] >= 26, after
+    # regression guard for the shipped model with its default config (MODEL.md, 2026-12-03, model.mask_nms:
+    # ownership: 31 of 35 found, 1.7 unmatched per frame, overlap F 0.809), with a margin: a guard against getting
+    # worse, not a target
+    assert after["matched"] >= 28, after
     assert after["unmatched_per_frame"] <= 2.5, after
-    assert m["methods"]["model"]["uois"]["overlap_f"] >= 0.7
+    assert m["methods"]["model"]["uois"]["overlap_f"] >= 0.75
     assert len(m["per_frame"]) == 10 and sum(r["gt"] for r in m["per_frame"]) == 35
     text = (out / "report.md").read_text()
     for needle in ("Overlap P / R / F", "Boundary P / R / F", "F@.75", "unmatched detections per frame",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from instance_seg_ros.core.geometric_proposals import cluster_boxes
 from instance_seg_ros.core.support_plane import fit_support_plane
@@ -76,6 +77,63 @@ def test_mask_overlap_keep_drops_parts_and_duplicates_of_better_detections():
     w[1, 0:20, 0:20] = True
     assert mask_overlap_keep(w, 0.5, stride=1).tolist() == [0, 1]
     assert mask_overlap_keep(m[:1], 0.5).tolist() == [0]
+
+
+def _roi_detections():
+    """Three detections on an 80x80 image, best score first: 0 is an object whose mask spills (probability 0.6)
+    over a touching object, 1 is that touching object (probability 0.98), 2 a label on object 1."""
+    import torch
+
+    from instance_seg_ros.core.model.predictor import paste_masks_batched
+
+    probs = torch.zeros((3, 28, 28))
+    probs[0, :, :19] = 0.95  # box x 0..60: its own object left of x = 40
+    probs[0, :, 19:] = 0.6   # the spill over object 1 (x 40..60)
+    probs[1] = 0.98
+    probs[2] = 0.9
+    boxes = torch.tensor([[0.0, 0.0, 60.0, 40.0], [40.0, 0.0, 70.0, 40.0], [45.0, 10.0, 55.0, 20.0]])
+    scores = torch.tensor([0.9, 0.85, 0.7])
+    masks = paste_masks_batched(probs[:, None], boxes, (80, 80), 0.5)[:, 0]
+    return masks, probs, boxes, scores
+
+
+def test_mask_ownership_keep_gives_a_spill_back_and_drops_parts():
+    import torch
+
+    from instance_seg_ros.core.model.predictor import mask_overlap_keep, mask_ownership_keep
+
+    masks, probs, boxes, scores = _roi_detections()
+    # containment loses object 1: two thirds of it lie inside detection 0's spill
+    assert mask_overlap_keep(masks, 0.5, stride=1).tolist() == [0]
+    for stride in (1, 4):
+        kept, out = mask_ownership_keep(masks, probs, boxes, scores, 0.5, stride=stride)
+        assert kept.tolist() == [0, 1], stride  # the label (2) owns none of its mask: object 1 is surer there
+        assert int(out.sum(dim=0).max()) == 1  # disjoint
+        assert torch.equal(out[1][:, 41:], masks[1][:, 41:])  # object 1 keeps itself, the spill included
+        assert not out[0, :, 42:].any() and torch.equal(out[0, :, :38], masks[0, :, :38])
+    # 1 keeps every detection, and still makes the masks disjoint
+    kept, out = mask_ownership_keep(masks, probs, boxes, scores, 1.0, stride=1)
+    assert kept.tolist() == [0, 1, 2] and int(out.sum(dim=0).max()) == 1
+    assert not out[2].any() or out[2].sum() < masks[2].sum()
+    one, out1 = mask_ownership_keep(masks[:1], probs[:1], boxes[:1], scores[:1], 0.5)
+    assert one.tolist() == [0] and torch.equal(out1, masks[:1])
+
+
+def test_predictor_mask_nms_mode_is_a_run_time_setting():
+    from instance_seg_ros.core.config import Config
+    from instance_seg_ros.core.model.predictor import PredictorError
+    from instance_seg_ros.core.pipeline import Segmenter
+
+    cfg = Config.from_flat({"model.weights": "none", "model.backbone": "mobilenet_v3_large_fpn",
+                            "model.device": "cpu", "model.warmup": False})
+    assert cfg.model.mask_nms == "ownership"
+    seg = Segmenter(cfg)
+    seg.load()
+    assert seg.predictor.mask_nms == "ownership"
+    seg.update_config(cfg.replace(**{"model.mask_nms": "containment"}))
+    assert seg.predictor.mask_nms == "containment"
+    with pytest.raises(PredictorError, match="mask_nms must be one of"):
+        seg.predictor.update(mask_nms="biggest")
 
 
 # ------------------------------------------------------------------------------------------------ model.proposals

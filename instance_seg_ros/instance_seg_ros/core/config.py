@@ -130,10 +130,19 @@ class ModelConfig:
     nms_threshold: float = _p(0.5, "Box IoU above which lower-scored detections are suppressed.", low=0.0, high=1.0)
     mask_nms_threshold: float = _p(
         0.5,
-        "A detection whose visible mask lies more than this share inside the visible mask of a higher-scored one is "
-        "dropped: a pixel shows one surface, so it is a duplicate or a part (label, print, highlight) of that "
-        "object. 1 = off.",
+        "A detection whose visible mask lies more than this share inside higher-scored ones (containment) or is "
+        "owned by others (ownership; see mask_nms) is dropped: a pixel shows one surface, so it is a duplicate or a "
+        "part (label, print, highlight) of another object. 1 = keep every detection.",
         low=0.0, high=1.0, dynamic=True,
+    )
+    mask_nms: str = _p(
+        "ownership",
+        "How overlapping visible masks are settled. ownership: each shared pixel goes to the detection with the "
+        "highest score x mask probability there, a detection left with no more than 1 - mask_nms_threshold of its "
+        "mask is dropped, and the kept masks are disjoint (a mask that spills over a touching object gives the "
+        "spill back). containment: a detection lying more than mask_nms_threshold inside a higher-scored one is "
+        "dropped, masks are left as they are.",
+        choices=("ownership", "containment"), dynamic=True,
     )
     max_instances: int = _p(30, "At most this many instances per frame (highest scores kept).", low=1, high=1000,
                             dynamic=True)

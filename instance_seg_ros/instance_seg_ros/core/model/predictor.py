@@ -46,6 +46,8 @@ PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat
 #: How RoI masks are pasted into the image: ``loop`` (one resize per RoI, cheapest on a CPU), ``batched`` (all RoIs
 #: in two batched matrix products, few kernel launches: for accelerators), ``auto`` (batched on accelerators).
 PASTE_MODES = ("auto", "loop", "batched")
+#: how overlapping visible masks are settled (:func:`mask_overlap_keep` / :func:`mask_ownership_keep`)
+MASK_NMS_MODES = ("containment", "ownership")
 
 
 class PredictorError(ValueError):
@@ -185,6 +187,102 @@ def mask_overlap_keep(masks: torch.Tensor, threshold: float, stride: int = 4) ->
     return torch.as_tensor(keep, dtype=torch.long, device=masks.device)
 
 
+def paste_probs_batched(probs: torch.Tensor, boxes: torch.Tensor, image_size: tuple[int, int]) -> torch.Tensor:
+    """RoI mask probabilities pasted into an image of ``image_size`` (same geometry as
+    :func:`paste_masks_batched`), as floats: ``Tensor[N, K, H, W]``, 0 outside each box. Meant for small (coarse)
+    images: it holds every RoI's full image at once."""
+    n, k = probs.shape[:2]
+    h_img, w_img = image_size
+    if n == 0:
+        return torch.zeros((0, k, h_img, w_img), dtype=torch.float32, device=probs.device)
+    _, padded, ib = _paste_setup(probs, boxes, image_size)
+    x0, y0 = ib[:, 0], ib[:, 1]
+    w = (ib[:, 2] - x0 + 1).clamp_(min=1)
+    h = (ib[:, 3] - y0 + 1).clamp_(min=1)
+    m = padded.shape[-1]
+    wy = _resize_weights(y0, h, m, h_img)
+    wx = _resize_weights(x0, w, m, w_img)
+    cols = torch.einsum("nkij,nwj->nkiw", padded.to(torch.float32), wx)
+    return torch.einsum("nhi,nkiw->nkhw", wy, cols)
+
+
+def _extent(any_along: torch.Tensor) -> torch.Tensor:
+    """``[N, 2]`` int64 (first, last + 1) of the True entries of each row of ``any_along`` ``[N, L]`` bool;
+    (0, 0) for a row without any."""
+    n, length = any_along.shape
+    idx = torch.arange(length, device=any_along.device)
+    first = torch.where(any_along, idx, length).min(dim=1).values
+    last = torch.where(any_along, idx + 1, 0).max(dim=1).values
+    return torch.stack([torch.where(last > 0, first, 0), last], dim=1)
+
+
+def mask_ownership_keep(
+    masks: torch.Tensor, probs: torch.Tensor, boxes: torch.Tensor, scores: torch.Tensor, threshold: float,
+    mask_threshold: float = 0.5, stride: int = 4,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Resolve overlapping visible masks pixel by pixel: each pixel claimed by several detections belongs to the
+    one with the highest ``score x mask probability`` there; a detection that owns no more than
+    ``1 - threshold`` of its own mask is dropped (a duplicate, or a part such as a label or a highlight of a
+    surer whole), and ownership is settled again among the rest.
+
+    Unlike :func:`mask_overlap_keep`, a lower-scored detection that the network is surer of where two masks
+    overlap keeps those pixels: when a higher-scored mask spills over a touching object (a merge), the object's
+    own detection survives and the spill is given back to it. The kept visible masks are disjoint: a pixel
+    shows one surface. Ownership is computed on a ``stride`` grid from the RoI probabilities.
+
+    Args:
+        masks (Tensor[N, H, W] bool): visible masks (thresholded), best score first.
+        probs (Tensor[N, M, M] float): their RoI visible-mask probabilities.
+        boxes (Tensor[N, 4] float): their boxes in image pixels.
+        scores (Tensor[N] float): detection scores.
+        threshold: in [0, 1]; 1 keeps every detection (overlaps are still given to one owner).
+
+    Returns:
+        (kept indices ``Tensor[K]`` long, in the input order; the kept masks ``Tensor[K, H, W]`` bool, disjoint).
+    """
+    n, h, w = masks.shape
+    dev = masks.device
+    if n < 2:
+        return torch.arange(n, device=dev), masks
+    hc, wc = -(-h // stride), -(-w // stride)
+    coarse_boxes = boxes.float() / stride
+    pc = paste_probs_batched(probs[:, None].float(), coarse_boxes, (hc, wc))[:, 0]  # [N, hc, wc]
+    q = torch.where(pc > mask_threshold, pc * scores.float()[:, None, None], torch.zeros_like(pc))
+    alive = torch.ones(n, dtype=torch.bool, device=dev)
+    area = (q > 0).flatten(1).sum(1).clamp_min(1)
+    for _ in range(n):
+        qa = torch.where(alive[:, None, None], q, torch.zeros_like(q))
+        best = qa.max(dim=0)
+        owned = ((best.indices[None] == torch.arange(n, device=dev)[:, None, None]) & (best.values[None] > 0))
+        share = owned.flatten(1).sum(1) / area
+        losing = alive & (share < 1.0 - threshold)
+        if not bool(losing.any()):
+            break
+        # drop the lowest-scored loser only, then settle ownership again (its pixels may go back to others)
+        alive[int(torch.nonzero(losing)[-1])] = False
+    kept = torch.nonzero(alive)[:, 0]
+    out = masks[kept]  # a copy
+    qk = q[kept]
+    # shared pixels, pair by pair inside the intersection of the two masks' extents: to the higher score x
+    # probability there (q is one number per detection and pixel, so the pairwise verdicts agree where three masks
+    # meet); where the coarse grid has no probability for either, to the higher-scored detection (the earlier one)
+    ext = torch.stack([_extent(out.any(dim=1)), _extent(out.any(dim=2))], dim=1)  # [K, 2 (x, y), 2 (lo, hi)]
+    lo = torch.maximum(ext[:, None, :, 0], ext[None, :, :, 0])
+    hi = torch.minimum(ext[:, None, :, 1], ext[None, :, :, 1])
+    for i, j in torch.nonzero(torch.triu((hi > lo).all(dim=2), diagonal=1)).tolist():
+        x0, y0 = lo[i, j].tolist()
+        x1, y1 = hi[i, j].tolist()
+        both = out[i, y0:y1, x0:x1] & out[j, y0:y1, x0:x1]
+        if not bool(both.any()):
+            continue
+        ys, xs = torch.nonzero(both, as_tuple=True)
+        ys, xs = ys + y0, xs + x0
+        j_wins = qk[j, ys // stride, xs // stride] > qk[i, ys // stride, xs // stride]
+        out[i, ys[j_wins], xs[j_wins]] = False
+        out[j, ys[~j_wins], xs[~j_wins]] = False
+    return kept, out
+
+
 def _resize_weights(start: torch.Tensor, size: torch.Tensor, n_src: int, n_out: int) -> torch.Tensor:
     """Per-RoI 1-D bilinear resize weights as matrices: ``[N, n_out, n_src]`` float32.
 
@@ -283,6 +381,7 @@ class Predictor:
         mask_threshold: float = 0.5,
         nms_threshold: float = 0.5,
         mask_nms_threshold: float = 1.0,
+        mask_nms: str = "containment",
         max_instances: int = 30,
         proposals: int = 0,
         min_size: int = 0,
@@ -319,6 +418,7 @@ class Predictor:
         self.mask_threshold = 0.5
         self.nms_threshold = 0.5
         self.mask_nms_threshold = 1.0
+        self.mask_nms = "containment"
         self.max_instances = 30
         self.proposals = 0
         # the model's own RPN test settings (as built; the live values may have been changed by another Predictor)
@@ -332,6 +432,7 @@ class Predictor:
             mask_threshold=mask_threshold,
             nms_threshold=nms_threshold,
             mask_nms_threshold=mask_nms_threshold,
+            mask_nms=mask_nms,
             max_instances=max_instances,
             proposals=proposals,
             min_size=min_size,
@@ -369,7 +470,11 @@ class Predictor:
         floats = ("score_threshold", "mask_threshold", "nms_threshold", "mask_nms_threshold")
         ints = {"max_instances": 1, "proposals": 0, "min_size": 0, "max_size": 0}
         for k, v in settings.items():
-            if k in floats:
+            if k == "mask_nms":
+                if v not in MASK_NMS_MODES:
+                    raise PredictorError(f"mask_nms must be one of {', '.join(MASK_NMS_MODES)}, got {v!r}.")
+                self.mask_nms = v
+            elif k in floats:
                 if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0.0 <= v <= 1.0:
                     raise PredictorError(f"{k} must be a number in [0, 1], got {v!r}.")
                 setattr(self, k, float(v))
@@ -378,7 +483,8 @@ class Predictor:
                     raise PredictorError(f"{k} must be an integer >= {ints[k]}, got {v!r}.")
                 setattr(self, k, v)
             else:
-                raise PredictorError(f"Unknown predictor setting {k!r}; known: {', '.join((*floats, *ints))}.")
+                raise PredictorError(
+                    f"Unknown predictor setting {k!r}; known: {', '.join((*floats, *ints, 'mask_nms'))}.")
 
     def input_size(self, height: int, width: int) -> tuple[int, int]:
         """``(min_size, max_size)`` the network input is resized to for a ``height`` x ``width`` frame:
@@ -484,7 +590,12 @@ class Predictor:
         occ = d["occlusion"][keep].float() if "occlusion" in d else torch.zeros_like(scores[keep])
         labels = d["labels"][keep]
         scores = scores[keep]
-        if self.mask_nms_threshold < 1.0 and len(scores) > 1:
+        if self.mask_nms == "ownership" and len(scores) > 1:
+            kept, masks = mask_ownership_keep(masks, probs[:, 0], boxes, scores, self.mask_nms_threshold,
+                                              self.mask_threshold)
+            if len(kept) < len(scores):
+                boxes, labels, scores, amodal, occ = (t[kept] for t in (boxes, labels, scores, amodal, occ))
+        elif self.mask_nms_threshold < 1.0 and len(scores) > 1:
             kept = mask_overlap_keep(masks, self.mask_nms_threshold)
             if len(kept) < len(scores):
                 boxes, labels, scores, masks, amodal, occ = (
