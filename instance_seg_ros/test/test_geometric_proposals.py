@@ -115,6 +115,10 @@ def test_mask_ownership_keep_gives_a_spill_back_and_drops_parts():
     kept, out = mask_ownership_keep(masks, probs, boxes, scores, 1.0, stride=1)
     assert kept.tolist() == [0, 1, 2] and int(out.sum(dim=0).max()) == 1
     assert not out[2].any() or out[2].sum() < masks[2].sum()
+    # a detection with nothing above the mask threshold contests nothing: kept (as in mask_overlap_keep)
+    faint = probs.clone()
+    faint[2] = 0.3
+    assert mask_ownership_keep(masks, faint, boxes, scores, 0.5, stride=1)[0].tolist() == [0, 1, 2]
     one, out1 = mask_ownership_keep(masks[:1], probs[:1], boxes[:1], scores[:1], 0.5)
     assert one.tolist() == [0] and torch.equal(out1, masks[:1])
 

@@ -352,7 +352,8 @@ class Segmenter:
         self.predictor = Predictor(
             model, meta, device=m.device, precision=m.precision, score_threshold=m.score_threshold,
             mask_threshold=m.mask_threshold, nms_threshold=m.nms_threshold, mask_nms_threshold=m.mask_nms_threshold,
-            mask_nms=m.mask_nms, max_instances=m.max_instances, proposals=m.proposals, min_size=m.min_size, max_size=m.max_size,
+            mask_nms=m.mask_nms, max_instances=m.max_instances, proposals=m.proposals, min_size=m.min_size,
+            max_size=m.max_size,
             **({"channels_last": False, "paste": "loop"} if self.reference else {}),
         )
         self.meta = meta

@@ -67,6 +67,9 @@ def build_config(
         if "model.mask_nms_threshold" not in overrides and flat["model.mask_nms_threshold"] != 1.0:
             flat["model.mask_nms_threshold"] = 1.0
             notes.append("untrained weights: model.mask_nms_threshold=1 so every detection counts")
+        if "model.mask_nms" not in overrides and flat["model.mask_nms"] != "containment":
+            flat["model.mask_nms"] = "containment"
+            notes.append("untrained weights: model.mask_nms=containment so masks are left as the network made them")
         if "model.geometric_proposals" not in overrides and flat["model.geometric_proposals"] != "off":
             flat["model.geometric_proposals"] = "off"
             notes.append("untrained weights: model.geometric_proposals=off (the untrained network's proposals only)")

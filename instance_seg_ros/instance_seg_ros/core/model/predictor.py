@@ -249,12 +249,14 @@ def mask_ownership_keep(
     pc = paste_probs_batched(probs[:, None].float(), coarse_boxes, (hc, wc))[:, 0]  # [N, hc, wc]
     q = torch.where(pc > mask_threshold, pc * scores.float()[:, None, None], torch.zeros_like(pc))
     alive = torch.ones(n, dtype=torch.bool, device=dev)
-    area = (q > 0).flatten(1).sum(1).clamp_min(1)
+    area = (q > 0).flatten(1).sum(1)
+    empty = area == 0  # nothing on the coarse grid to contest: kept, like an empty mask in mask_overlap_keep
+    area = area.clamp_min(1)
     for _ in range(n):
         qa = torch.where(alive[:, None, None], q, torch.zeros_like(q))
         best = qa.max(dim=0)
         owned = ((best.indices[None] == torch.arange(n, device=dev)[:, None, None]) & (best.values[None] > 0))
-        share = owned.flatten(1).sum(1) / area
+        share = torch.where(empty, 1.0, owned.flatten(1).sum(1) / area)
         losing = alive & (share < 1.0 - threshold)
         if not bool(losing.any()):
             break
