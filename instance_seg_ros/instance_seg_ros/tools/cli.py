@@ -19,7 +19,9 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "eval": ("instance_seg_ros.tools.evaluate", "evaluate the pipeline (or recorded predictions) on a rosbag2"),
     "bench": ("instance_seg_ros.tools.bench", "benchmark the pipeline against a naive baseline"),
     "demo": ("instance_seg_ros.tools.demo", "run the simulated camera and the node, and report what was found"),
-    "replay": ("instance_seg_ros.tools.replay", "play a bag into a running instance_seg_node at a rate, record and score"),
+    "grasps": ("instance_seg_ros.tools.grasps", "check Contact-GraspNet's grasps against scene geometry (sim / real)"),
+    "replay": ("instance_seg_ros.tools.replay",
+               "play a bag into a running instance_seg_node at a rate, record and score"),
     "soak": ("instance_seg_ros.tools.soak", "run the node for a long time under load and watch memory, fds, latency"),
     "weights": ("instance_seg_ros.tools.weights_tool", "inspect a weights file; convert .pt <-> .safetensors"),
 }

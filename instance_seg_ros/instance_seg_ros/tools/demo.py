@@ -8,6 +8,12 @@ the simulator's object ids), and writes under ``--out``:
 ``overlay.png`` (the node's debug image: visible and amodal contours), one PLY point cloud per instance
 of the last frame, ``instances.md`` (the full table) and ``summary.json``. Exit 0 only if instances
 were found.
+
+``--grasps`` (needs the optional Contact-GraspNet extra, ``make setup-grasp``; without it the demo says so and runs
+on): the client also keeps the camera's depth images and camera_info, and afterwards the planner runs on the last
+``--grasps-frames`` outputs (their label images, rebuilt from the masks, with the depth of the same stamp); the top
+grasps are drawn into ``overlay.png`` (when the debug image of that stamp came), the table gets a grasps column
+(count, best score) and ``grasps.json`` holds them (see :mod:`.demo_grasps`).
 """
 
 from __future__ import annotations
@@ -40,6 +46,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=3, help="scene seed (default 3)")
     p.add_argument("--scene-change-every", type=int, default=15, help="new scene every N camera frames")
     p.add_argument("--timeout", type=float, default=300.0, help="give up after this many seconds (default 300)")
+    p.add_argument("--grasps", action="store_true",
+                   help="plan Contact-GraspNet grasps on the last frames (optional extra: make setup-grasp)")
+    p.add_argument("--grasps-frames", type=int, default=1, help="with --grasps: plan the last N frames (default 1)")
 
 
 def _percentile(values: list[float], q: float) -> float:
@@ -54,6 +63,11 @@ class _Received:
     results: list[tuple[float, Any]] = field(default_factory=list)
     gts: dict[int, Any] = field(default_factory=dict)
     overlay: list[Any] = field(default_factory=list)
+    # with --grasps: depth and debug images by stamp (the newest demo_grasps.KEEP), camera_info, the planned grasps
+    depths: dict[int, Any] = field(default_factory=dict)
+    overlays: dict[int, Any] = field(default_factory=dict)
+    infos: list[Any] = field(default_factory=list)
+    grasps: dict[int, Any] | None = None
 
 
 def run(args: argparse.Namespace) -> int:
@@ -66,6 +80,10 @@ def run(args: argparse.Namespace) -> int:
     log_dir = out / "logs"
     log_dir.mkdir(exist_ok=True)
     got, failure = _collect(args, params, log_dir)
+    if args.grasps and got.results:
+        from .demo_grasps import plan_frames
+
+        got.grasps = plan_frames(got.results, got.depths, got.infos, max(1, args.grasps_frames), got.overlays)
     if failure:
         print(f"isr demo: FAILED: {failure}.", file=sys.stderr)
         tail = (log_dir / "instance_seg_node.log").read_text(errors="replace").strip().splitlines()[-8:]
@@ -104,7 +122,7 @@ def _collect(args: argparse.Namespace, params: Path, log_dir: Path) -> tuple[_Re
     ``--frames`` outputs came; returns what came and the reason it stopped early (None: it did not)."""
     import rclpy
     from rclpy.qos import QoSProfile, ReliabilityPolicy
-    from sensor_msgs.msg import Image
+    from sensor_msgs.msg import CameraInfo, Image
 
     from instance_seg_msgs.msg import InstanceArray
 
@@ -121,6 +139,13 @@ def _collect(args: argparse.Namespace, params: Path, log_dir: Path) -> tuple[_Re
                              QoSProfile(depth=200, reliability=ReliabilityPolicy.RELIABLE))
     node.create_subscription(Image, f"{NS}/debug_image", lambda m: got.overlay.__setitem__(slice(None), [m]),
                              reliable)
+    if args.grasps:
+        from .demo_grasps import keep_by_stamp
+
+        node.create_subscription(Image, f"{NS}/depth", lambda m: keep_by_stamp(got.depths, m), reliable)
+        node.create_subscription(CameraInfo, f"{NS}/camera_info", lambda m: got.infos.__setitem__(slice(None), [m]),
+                                 reliable)
+        node.create_subscription(Image, f"{NS}/debug_image", lambda m: keep_by_stamp(got.overlays, m), reliable)
     print(f"isr demo: starting instance_seg_node ({params.name}) and sim_camera_node "
           f"({args.width}x{args.height} @ {args.rate:g} Hz, seed {args.seed}); logs in {log_dir}/", flush=True)
     procs = {"instance_seg_node": _start(node_cmd, log_dir / "instance_seg_node.log")}
@@ -160,11 +185,14 @@ def _table(got: _Received) -> tuple[list[str], list[int], list[float], dict[str,
     from ..core.matching import match_instances
     from ..core.mot_metrics import MotAccumulator
     from ..core.msg_codec import frame_result_from_instance_array, stamp_ns
+    from .demo_grasps import grasp_cell
 
     counts, lat_ms, n_found, n_gt, cent_err = [], [], 0, 0, []
     mot, track_ids = MotAccumulator(iou_threshold=0.5), set()
-    lines = ["| frame | stamp (s) | # | track | score | occlusion | centroid x y z (m) | box size (m) | points |",
-             "|---|---|---|---|---|---|---|---|---|"]
+    planned = got.grasps
+    lines = ["| frame | stamp (s) | # | track | score | occlusion | centroid x y z (m) | box size (m) | points |"
+             + (" grasps (n, best) |" if planned else ""), "|---|---|---|---|---|---|---|---|---|" + ("---|" if planned
+                                                                                                     else "")]
     last = None
     for k, (t_recv, msg) in enumerate(got.results):
         stamp = stamp_ns(msg)
@@ -183,7 +211,8 @@ def _table(got: _Received) -> tuple[list[str], list[int], list[float], dict[str,
             c, s = inst.centroid, inst.box_size
             lines.append(f"| {k} | {stamp * 1e-9:.3f} | {inst.index} | {inst.track_id or '-'} | {inst.score:.2f} | "
                          f"{inst.occlusion:.2f} | "
-                         f"{c[0]:+.3f} {c[1]:+.3f} {c[2]:.3f} | {s[0]:.3f} {s[1]:.3f} {s[2]:.3f} | {inst.num_points} |")
+                         f"{c[0]:+.3f} {c[1]:+.3f} {c[2]:.3f} | {s[0]:.3f} {s[1]:.3f} {s[2]:.3f} | {inst.num_points} |"
+                         + (f" {grasp_cell(planned, k, inst.index)} |" if planned else ""))
         counts.append(len(res.instances))
     ids = mot.compute()
     truth = {"gt_objects": n_gt, "gt_found_iou50": n_found,
@@ -218,7 +247,14 @@ def _report(args: argparse.Namespace, out: Path, got: _Received) -> int:
         "args": {k: v for k, v in vars(args).items() if k != "func"},
     }
     (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
-    print(f"\nwrote {out}/overlay.png, {len(list(out.glob('instance_*.ply')))} PLY files, instances.md, summary.json")
+    if got.grasps:
+        from .demo_grasps import write_json
+
+        write_json(out / "grasps.json", got.grasps)
+        summary["grasps"] = {str(k): {i: len(g) for i, g in e["grasps"].items()} for k, e in got.grasps.items()}
+        (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
+    print(f"\nwrote {out}/overlay.png, {len(list(out.glob('instance_*.ply')))} PLY files, instances.md, summary.json"
+          + (", grasps.json" if got.grasps else ""))
     if sum(counts) == 0:
         print("isr demo: no instances were found.", file=sys.stderr)
         return 1
@@ -233,8 +269,21 @@ def _write_files(out: Path, got: _Received, last: Any) -> None:
         import cv2
 
         img = got.overlay[-1]
+        if got.grasps:  # draw the last planned frame's grasps into its own debug image, when that came
+            from ..core.msg_codec import stamp_ns
+
+            k = max(got.grasps)
+            img = got.overlays.get(got.grasps[k]["stamp"], img)
         arr = np.frombuffer(img.data, np.uint8).reshape(img.height, img.step)[:, : img.width * 3]
-        cv2.imwrite(str(out / "overlay.png"), arr.reshape(img.height, img.width, 3)[..., ::-1])
+        arr = arr.reshape(img.height, img.width, 3)
+        if got.grasps and stamp_ns(img) == got.grasps[k]["stamp"]:
+            from .demo_grasps import draw_overlay
+
+            arr = draw_overlay(arr, got.grasps, k)
+        elif got.grasps:
+            print("isr demo: the debug image of the planned frame did not come; overlay.png has no grasps.",
+                  file=sys.stderr)
+        cv2.imwrite(str(out / "overlay.png"), arr[..., ::-1])
     for old in out.glob("instance_*.ply"):
         old.unlink()
     for inst in last.instances:
