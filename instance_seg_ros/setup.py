@@ -25,6 +25,7 @@ setup(
         "console_scripts": [
             "instance_seg_node = instance_seg_ros.ros.node:main",
             "sim_camera_node = instance_seg_ros.sim.camera_node:main",
+            "grasp_node = instance_seg_ros.ros.grasp_node:main",
             "isr = instance_seg_ros.tools.cli:main",
         ],
     },

@@ -7,8 +7,13 @@
 
 Arguments: camera (realsense | gazebo | generic), namespace, params_file (default config/<camera>.yaml,
 config/default.yaml for generic; a path that does not exist is refused), use_sim_time, managed, autostart,
-input_reliability (best_effort | reliable; empty: the params file decides), and image / depth / camera_info to
-override the preset's topics.
+input_reliability (best_effort | reliable; empty: the params file decides), image / depth / camera_info to
+override the preset's topics, and grasps (false | true, like managed).
+
+grasps:=true also starts grasp_node (Contact-GraspNet grasps per instance; needs the grasp extra, ``make
+setup-grasp``) in the same namespace: it reads the node's instances and instance_labels there and gets the same depth
+and camera_info topics; it publishes grasps and grasp_markers. Its parameters (max_grasps, score_threshold, select,
+ids ...) are its defaults; change them with ``ros2 param set /grasp_node ...``.
 
 managed:=true starts the node as a launch_ros LifecycleNode: it waits in ``unconfigured`` for its transitions,
 which launch can drive (autostart:=true: configure, then activate, as soon as the node is up) or you do by hand:
@@ -108,7 +113,28 @@ def _node(context):
         output="screen",
         emulate_tty=True,
     )
-    return _autostart(node) if managed and arg("autostart").lower() in TRUE else [node]
+    entities = _autostart(node) if managed and arg("autostart").lower() in TRUE else [node]
+    if arg("grasps").lower() in TRUE:
+        entities.append(_grasp_node(arg, topics, overrides))
+    return entities
+
+
+def _grasp_node(arg, topics, node_overrides):
+    """grasp_node beside instance_seg_node: same namespace (its instances and instance_labels), same depth and
+    camera_info topics, same use_sim_time and input reliability."""
+    overrides = {"use_sim_time": node_overrides["use_sim_time"]}
+    if "qos.input_reliability" in node_overrides:
+        overrides["qos.input_reliability"] = node_overrides["qos.input_reliability"]
+    return Node(
+        package="instance_seg_ros",
+        executable="grasp_node",
+        name="grasp_node",
+        namespace=arg("namespace"),
+        parameters=[overrides],
+        remappings=[("depth", topics["depth"]), ("camera_info", topics["camera_info"])],
+        output="screen",
+        emulate_tty=True,
+    )
 
 
 def generate_launch_description():
@@ -130,5 +156,8 @@ def generate_launch_description():
         DeclareLaunchArgument("depth", default_value="", description="Registered depth topic (overrides the preset)."),
         DeclareLaunchArgument("camera_info", default_value="",
                               description="Color camera_info topic (overrides the preset)."),
+        DeclareLaunchArgument("grasps", default_value="false",
+                              description="Also start grasp_node (Contact-GraspNet grasps per instance; needs "
+                                          "`make setup-grasp`)."),
         OpaqueFunction(function=_node),
     ])

@@ -304,6 +304,43 @@ def test_instance_seg_launch_managed_autostart(monkeypatch):
     assert type(activate).__name__ == "EmitEvent" and change_state(activate) == Transition.TRANSITION_ACTIVATE
 
 
+@pytest.mark.parametrize("grasps", ["true", "True", "1"])
+def test_instance_seg_launch_grasps(monkeypatch, grasps):
+    """grasps:=true adds grasp_node in the node's namespace, reading its instances and instance_labels there (no
+    remapping) and the camera's depth and camera_info (the preset's, or the overrides)."""
+    declared, entities = _launch(monkeypatch, "instance_seg.launch.py", camera="realsense", grasps=grasps,
+                                 namespace="left", use_sim_time="true", depth="/cam/depth")
+    assert declared["grasps"].kwargs["default_value"] == "false"
+    assert [type(e).__name__ for e in entities] == ["Node", "Node"]
+    seg, grasp = (e.kwargs for e in entities)
+    assert seg["executable"] == "instance_seg_node"
+    assert grasp["package"] == "instance_seg_ros" and grasp["executable"] == "grasp_node"
+    assert grasp["name"] == "grasp_node" and grasp["namespace"] == seg["namespace"] == "left"
+    remap = dict(grasp["remappings"])
+    assert remap == {"depth": "/cam/depth", "camera_info": "/camera/camera/color/camera_info"}
+    assert remap.items() <= dict(seg["remappings"]).items()  # the topics instance_seg_node gets
+    assert grasp["parameters"] == [{"use_sim_time": True}]
+    # the grasp node's own topic names are the ones instance_seg_node publishes (ros/outputs.py)
+    from instance_seg_ros.ros.grasp_node import TOPICS
+    from instance_seg_ros.ros.outputs import OUTPUTS
+
+    published = {topic for _key, _type, topic in OUTPUTS}
+    assert {TOPICS["instances"][1], TOPICS["labels"][1]} <= published
+    assert {TOPICS["depth"][1], TOPICS["camera_info"][1]} == {"depth", "camera_info"}  # the launch remaps these
+
+
+def test_instance_seg_launch_grasps_follows_other_arguments(monkeypatch):
+    _, entities = _launch(monkeypatch, "instance_seg.launch.py", grasps="true", managed="true", autostart="true",
+                          input_reliability="reliable")
+    assert [type(e).__name__ for e in entities] == ["RegisterEventHandler", "LifecycleNode", "EmitEvent", "Node"]
+    grasp = entities[-1].kwargs
+    assert grasp["executable"] == "grasp_node"
+    assert grasp["parameters"] == [{"use_sim_time": False, "qos.input_reliability": "reliable"}]
+    for value in ("false", "0", ""):
+        _, entities = _launch(monkeypatch, "instance_seg.launch.py", grasps=value)
+        assert [e.kwargs["executable"] for e in entities] == ["instance_seg_node"]
+
+
 def test_sim_launch(monkeypatch):
     declared, nodes = _launch(monkeypatch, "sim.launch.py")
     assert declared["use_sim_time"].kwargs["default_value"] == "true"

@@ -26,15 +26,18 @@ __all__ = [
     "COLOR_ENCODINGS",
     "DEPTH_ENCODINGS",
     "FrameError",
+    "LABEL_ENCODINGS",
     "check_frame",
     "color_from_compressed_msg",
     "color_from_msg",
     "decode_color",
     "decode_compressed",
     "decode_depth",
+    "decode_labels",
     "depth_from_msg",
     "encode_depth_16uc1",
     "intrinsics_from_camera_info",
+    "labels_from_msg",
     "validate_intrinsics",
 ]
 
@@ -52,6 +55,14 @@ DEPTH_ENCODINGS: dict[str, tuple[str, int]] = {
     "16uc1": ("16UC1", 2),
     "mono16": ("16UC1", 2),
     "32fc1": ("32FC1", 4),
+}
+# label image encoding -> canonical name, numpy type (instance_seg_node publishes mono16)
+LABEL_ENCODINGS: dict[str, tuple[str, str]] = {
+    "mono16": ("mono16", "u2"),
+    "16uc1": ("16UC1", "u2"),
+    "mono8": ("mono8", "u1"),
+    "8uc1": ("8UC1", "u1"),
+    "32sc1": ("32SC1", "i4"),
 }
 
 
@@ -305,6 +316,49 @@ def encode_depth_16uc1(depth_m: np.ndarray, *, scale: float = 0.001) -> np.ndarr
     return out
 
 
+# ---------------------------------------------------------------------------------------- labels
+def decode_labels(
+    encoding: str,
+    height: int,
+    width: int,
+    step: int,
+    data: Any,
+    is_bigendian: bool = False,
+    *,
+    max_width: int = 4096,
+    max_height: int = 4096,
+) -> np.ndarray:
+    """Decode a label image (0 = background, ``i`` = instance index ``i``), e.g. instance_seg_node's
+    ``instance_labels``.
+
+    Args:
+        encoding: ``mono16`` / ``16UC1``, ``mono8`` / ``8UC1`` or ``32SC1`` (case-insensitive).
+        height, width, step, data, is_bigendian: as in :func:`decode_depth`.
+
+    Returns:
+        np.ndarray[H, W] uint16 (8- and 16-bit encodings) or int32 (``32SC1``), native byte order. Always a new,
+        writable, contiguous array.
+
+    Raises:
+        FrameError: as :func:`decode_color`, and negative labels in a ``32SC1`` image.
+    """
+    enc = str(encoding).strip().lower()
+    if enc not in LABEL_ENCODINGS:
+        raise FrameError(f"label image encoding {encoding!r} is not supported; expected mono16 (16UC1), mono8 (8UC1) "
+                         "or 32SC1.")
+    canon, kind = LABEL_ENCODINGS[enc]
+    dtype = np.dtype(kind).newbyteorder(">" if is_bigendian else "<")
+    buf = _buffer(data, "label image")
+    h, w, s = _check_geometry("label image", canon, height, width, step, dtype.itemsize, buf.size, max_width,
+                              max_height)
+    raw = np.ndarray(shape=(h, w), dtype=dtype, buffer=buf, strides=(s, dtype.itemsize))
+    out = raw.astype(np.int32 if kind == "i4" else np.uint16)
+    if kind == "i4" and out.size and out.min() < 0:
+        raise FrameError(f"label image ({canon}) holds negative values (min {out.min()}); labels are instance "
+                         "indices >= 1, 0 = background.")
+    return out
+
+
 # ---------------------------------------------------------------------------------------- intrinsics
 def validate_intrinsics(K: Intrinsics) -> Intrinsics:
     """Check a camera model; returns it unchanged when it is usable.
@@ -395,6 +449,11 @@ def color_from_msg(msg: Any, **limits: Any) -> np.ndarray:
 def depth_from_msg(msg: Any, **limits: Any) -> np.ndarray:
     """:func:`decode_depth` of a sensor_msgs/Image (keywords: scale_16uc1, max_width, max_height)."""
     return decode_depth(*_image_fields(msg, "depth image"), **limits)
+
+
+def labels_from_msg(msg: Any, **limits: Any) -> np.ndarray:
+    """:func:`decode_labels` of a sensor_msgs/Image (keywords: max_width, max_height)."""
+    return decode_labels(*_image_fields(msg, "label image"), **limits)
 
 
 def color_from_compressed_msg(msg: Any, **limits: Any) -> np.ndarray:
