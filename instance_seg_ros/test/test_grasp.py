@@ -346,6 +346,17 @@ def test_grasps_lie_on_the_requested_object(planner, sim_frame):
         # the documented convention: the gripper base is GRIPPER_DEPTH behind the finger tips' midpoint
         assert np.allclose(g.pose[:3, 3], g.contact + g.width / 2 * r[:, 0] - GRIPPER_DEPTH * r[:, 2], atol=1e-9)
         assert np.allclose(g.pose[3], [0, 0, 0, 1])
+    # upright input (the default): the grippers come from above the table, not up through it (the optical-frame
+    # input made most of them approach from below), and the fingers close towards the object (signed width)
+    from instance_seg_ros.grasp.planner import estimate_up
+
+    up = estimate_up(frame.depth, frame.intrinsics)
+    assert up @ np.array([0.0, -1.0, 0.0]) > 0.5  # the table's normal, towards the camera
+    approach_up = [float(g.pose[:3, 2] @ up) for g in found]
+    assert sum(a < 0 for a in approach_up) >= 0.8 * len(found), approach_up
+    axis = objects[cyl.track_id].position - np.array([g.contact for g in found])
+    towards = [float(np.dot(a, g.pose[:3, 0])) > 0 for a, g in zip(axis, found) if g.width > 0]
+    assert sum(towards) >= 0.7 * len(towards), towards
 
 
 def test_plan_rejects_bad_requests(sim_frame):

@@ -139,7 +139,8 @@ def _plan(planner: Any, frame_in: str, depth: np.ndarray, K: Any, label: np.ndar
 
     t = time.perf_counter()
     if frame_in == "camera":
-        grasps = planner.plan(depth, K, label, [index], max_grasps=args.top_k, score_threshold=args.score_threshold)
+        grasps = planner.plan(depth, K, label, [index], max_grasps=args.top_k, score_threshold=args.score_threshold,
+                              input_frame="camera")
     elif up is None:  # no support plane: nothing to stand the cloud up on
         grasps = {index: []}
     else:
