@@ -355,7 +355,7 @@ def test_grasps_lie_on_the_requested_object(planner, sim_frame):
     approach_up = [float(g.pose[:3, 2] @ up) for g in found]
     assert sum(a < 0 for a in approach_up) >= 0.8 * len(found), approach_up
     axis = objects[cyl.track_id].position - np.array([g.contact for g in found])
-    towards = [float(np.dot(a, g.pose[:3, 0])) > 0 for a, g in zip(axis, found) if g.width > 0]
+    towards = [float(np.dot(a, g.pose[:3, 0])) > 0 for a, g in zip(axis, found, strict=True) if g.width > 0]
     assert sum(towards) >= 0.7 * len(towards), towards
 
 
