@@ -29,11 +29,6 @@ from .record import COLOR_TOPIC, DEPTH_TOPIC, GT_TOPIC, INFO_TOPIC
 
 NS = "/isr_replay"
 PREDICTIONS_TOPIC = f"{NS}/instances"
-_MSG_TYPES = {
-    "sensor_msgs/msg/Image": ("sensor_msgs.msg", "Image"),
-    "sensor_msgs/msg/CompressedImage": ("sensor_msgs.msg", "CompressedImage"),
-    "sensor_msgs/msg/CameraInfo": ("sensor_msgs.msg", "CameraInfo"),
-}
 
 
 class ReplayError(RuntimeError):
@@ -71,12 +66,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _msg_class(msgtype: str) -> Any:
-    import importlib
+    from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 
-    if msgtype not in _MSG_TYPES:
+    classes = {"sensor_msgs/msg/Image": Image, "sensor_msgs/msg/CompressedImage": CompressedImage,
+               "sensor_msgs/msg/CameraInfo": CameraInfo}
+    if msgtype not in classes:
         raise ReplayError(f"cannot publish {msgtype}; inputs must be Image, CompressedImage or CameraInfo.")
-    module, name = _MSG_TYPES[msgtype]
-    return getattr(importlib.import_module(module), name)
+    return classes[msgtype]
 
 
 def node_command(args: argparse.Namespace, params: Path, compressed: bool) -> list[str]:
