@@ -3,6 +3,7 @@ functions of messages, configuration and counters (tested without a node).
 
 - :func:`decode_frame`: the three messages to ``(color, depth, K)``, or :class:`FrameRejected` with the reason the
   node counts in /diagnostics (``frame_id_mismatch``, ``bad_image``, ``bad_depth``, ``bad_camera_info``).
+- :func:`decode_depth_and_info`: depth and camera_info alone (grasp_node's decoding shares it).
 - :func:`count_processed` and :func:`frame_summary`: what a processed frame adds to :class:`~.diagnostics.NodeStats`
   and the ``last_frame`` values of the status.
 - :func:`publisher_id`: the publishing writer's GID from a subscription's message info.
@@ -20,7 +21,8 @@ from ..core.images import color_from_compressed_msg, color_from_msg, depth_from_
 from ..core.types import FrameError, FrameResult, Intrinsics
 from .diagnostics import NodeStats, frame_id_mismatch_text
 
-__all__ = ["FrameRejected", "count_processed", "decode_frame", "frame_summary", "publisher_id"]
+__all__ = ["FrameRejected", "count_processed", "decode_depth_and_info", "decode_frame", "frame_summary",
+           "publisher_id"]
 
 
 class FrameRejected(Exception):
@@ -62,15 +64,27 @@ def decode_frame(
             color = color_from_msg(color_msg, **limits)
     except FrameError as exc:
         raise FrameRejected("bad_image", str(exc)) from exc
+    depth, K = decode_depth_and_info(depth_msg, info_msg, scale_16uc1=cfg.depth.scale_16uc1, **limits)
+    return color, depth, K
+
+
+def decode_depth_and_info(depth_msg: Any, info_msg: Any, *, scale_16uc1: float,
+                          **limits: int) -> tuple[np.ndarray, Intrinsics]:
+    """A depth image (float32 meters, NaN where invalid) and its camera_info's intrinsics; ``limits``:
+    ``max_width`` / ``max_height``.
+
+    Raises:
+        FrameRejected: ``bad_depth`` or ``bad_camera_info`` (undecodable, e.g. a wrong encoding, or NaN intrinsics).
+    """
     try:
-        depth = depth_from_msg(depth_msg, scale_16uc1=cfg.depth.scale_16uc1, **limits)
+        depth = depth_from_msg(depth_msg, scale_16uc1=scale_16uc1, **limits)
     except FrameError as exc:
         raise FrameRejected("bad_depth", str(exc)) from exc
     try:
         K = intrinsics_from_camera_info(info_msg)
     except FrameError as exc:
         raise FrameRejected("bad_camera_info", str(exc)) from exc
-    return color, depth, K
+    return depth, K
 
 
 def count_processed(stats: NodeStats, result: FrameResult, *, support_plane: bool) -> None:

@@ -31,10 +31,10 @@ from instance_seg_msgs.msg import Grasp as GraspMsg
 from instance_seg_msgs.msg import GraspArray
 
 from ..core.geometry import matrix_to_quaternion
-from ..core.images import depth_from_msg, intrinsics_from_camera_info, labels_from_msg
+from ..core.images import labels_from_msg
 from ..core.types import FrameError, Intrinsics
 from ..grasp.quality import gripper_lines
-from .frame_inputs import FrameRejected
+from .frame_inputs import FrameRejected, decode_depth_and_info
 
 __all__ = [
     "SELECT_MODES",
@@ -117,14 +117,7 @@ def decode_grasp_inputs(
         labels = labels_from_msg(labels_msg, **limits)
     except FrameError as exc:
         raise FrameRejected("bad_label_image", str(exc)) from exc
-    try:
-        depth = depth_from_msg(depth_msg, scale_16uc1=scale_16uc1, **limits)
-    except FrameError as exc:
-        raise FrameRejected("bad_depth", str(exc)) from exc
-    try:
-        K = intrinsics_from_camera_info(info_msg)
-    except FrameError as exc:
-        raise FrameRejected("bad_camera_info", str(exc)) from exc
+    depth, K = decode_depth_and_info(depth_msg, info_msg, scale_16uc1=scale_16uc1, **limits)
     h, w = int(instances_msg.height), int(instances_msg.width)
     if labels.shape != depth.shape or depth.shape != (K.height, K.width) or (h and w and (h, w) != labels.shape):
         raise FrameRejected("size_mismatch", (

@@ -47,17 +47,12 @@ import argparse
 import sys
 import threading
 import time
-import traceback
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
-import rclpy
-from diagnostic_msgs.msg import DiagnosticArray
 from rcl_interfaces.msg import ParameterDescriptor, ParameterType, SetParametersResult
-from rclpy.clock import Clock, ClockType
 from rclpy.event_handler import PublisherEventCallbacks, SubscriptionEventCallbacks
-from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.node import Node
 from rclpy.parameter import Parameter
 from rclpy.utilities import remove_ros_args
@@ -67,23 +62,20 @@ from visualization_msgs.msg import MarkerArray
 from instance_seg_msgs.msg import GraspArray, InstanceArray
 
 from ..core.config import ParamSpec, Settings, param_field
-from ..core.sync import LatestSlot, Matched, StampError, StampSynchronizer
+from ..core.sync import LatestSlot, Matched, StampSynchronizer
 from ..core.text import one_line
-from .conversions import stamp_to_ns
 from .diagnostics import (
     InputWatch,
     NodeStats,
     NodeView,
     Throttle,
-    check_inputs,
-    diagnostic_array,
-    node_status,
     time_reset_warning,
 )
 from .frame_inputs import FrameRejected
 from .grasp_io import SELECT_MODES, decode_grasp_inputs, grasp_array_msg, grasp_markers_msg, select_indices
+from .node_common import WorkerNodeMixin, run_node, spin
 from .params import coerced, declare_specs
-from .qos import describe, incompatible_qos_warning, input_qos, output_qos, policy_name
+from .qos import describe, input_qos, output_qos
 
 __all__ = ["NODE_NAME", "SPECS", "STREAMS", "GraspNode", "GraspNodeError", "GraspNodeSettings", "main"]
 
@@ -182,7 +174,7 @@ def _ids(value: Any) -> tuple[int, ...]:
     return ids
 
 
-class GraspNode(Node):
+class GraspNode(WorkerNodeMixin, Node):
     """Contact-GraspNet grasps per instance (see the module docstring for topics, timing and parameters).
 
     Construction declares the parameters and creates the publishers; :meth:`load_planner` builds the planner
@@ -194,6 +186,8 @@ class GraspNode(Node):
     Raises:
         GraspNodeError: invalid parameters (the message names the parameter and what is allowed).
     """
+
+    _failure_text = "grasp planning failed"
 
     def __init__(self, node_name: str = NODE_NAME, *, planner: Any = None, **kwargs: Any) -> None:
         super().__init__(node_name, **kwargs)
@@ -222,12 +216,7 @@ class GraspNode(Node):
         self._pub_markers = self.create_publisher(MarkerArray, "grasp_markers", qos,
                                                   event_callbacks=PublisherEventCallbacks(incompatible_qos=partial(
                                                       self._on_incompatible_qos, "grasp_markers", "subscriber")))
-        self.add_pre_set_parameters_callback(self._coerce_parameters)
-        self.add_on_set_parameters_callback(self._validate_parameters)
-        self.add_post_set_parameters_callback(self._apply_parameters)
-        self._diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
-        self._diag_timer = self.create_timer(s.diagnostics_period, self._publish_diagnostics,
-                                             clock=Clock(clock_type=ClockType.STEADY_TIME))
+        self._add_parameter_callbacks_and_diagnostics(s.diagnostics_period)
 
     # ================================================================== parameters
     @property
@@ -306,10 +295,7 @@ class GraspNode(Node):
         """Start the worker and subscribe to the inputs (once)."""
         if self._worker is not None:
             return
-        self._stop.clear()
-        self._slot.reopen()
-        self._worker = threading.Thread(target=self._work, name="grasp_worker", daemon=True)
-        self._worker.start()
+        self._start_worker("grasp_worker")
         s = self._settings
         qos = input_qos(s.input_reliability, s.input_depth)
         for stream, (mtype, topic) in TOPICS.items():
@@ -336,33 +322,16 @@ class GraspNode(Node):
         for sub in self._subs.values():
             self.destroy_subscription(sub)
         self._subs = {}
-        self._stop.set()
-        self._slot.close()
-        if self._worker is not None and self._worker is not threading.current_thread():
-            self._worker.join(timeout=30.0)
-            if self._worker.is_alive():
-                self.get_logger().warning("the worker thread did not stop within 30 s; leaving it behind")
-        self._worker = None
+        self._stop_worker()
         self._state = "inactive"
 
     # ================================================================== callbacks (executor thread)
     def _on_input(self, stream: str, msg: Any) -> None:
         """Subscription callback: stamp-match the raw message, nothing else. Never raises."""
         try:
-            now = time.monotonic()
-            self._inputs[stream].last_rx = now
-            self._stats.tick(f"received.{stream}", now)
-            try:
-                self._sync.add(stream, stamp_to_ns(msg.header.stamp), msg)
-            except StampError as exc:
-                self._reject(exc.reason, f"{exc} (on '{self._inputs[stream].topic}')", what="Message")
+            self._take_input(stream, msg)
         except Exception as exc:
             self._callback_error("input callback", exc)
-
-    def _on_match(self, m: Matched) -> None:
-        self._stats.tick("frames_matched")
-        if self._slot.put((m, time.monotonic())):
-            self._stats.inc("frames_skipped")
 
     def _on_drop(self, stream: str, stamp_ns: int, missing: tuple[str, ...]) -> None:
         self._stats.inc(f"unmatched.{stream}")  # depth and camera_info of frames without instances: normal
@@ -375,11 +344,6 @@ class GraspNode(Node):
     def _on_time_reset(self, stream: str, previous_ns: int, stamp_ns: int, reason: str) -> None:
         self._stats.inc("time_resets")
         self._warn("time_reset", time_reset_warning(self._topic(stream), reason, previous_ns, stamp_ns))
-
-    def _on_incompatible_qos(self, topic: str, other: str, event: Any) -> None:
-        self._stats.inc("qos_incompatible")
-        self._stats.inc(f"qos_incompatible.{topic}")
-        self._warn(f"qos_{topic}", incompatible_qos_warning(topic, other, policy_name(event.last_policy_kind)))
 
     def _topic(self, stream: str) -> str:
         return self._inputs[stream].topic
@@ -397,24 +361,6 @@ class GraspNode(Node):
                 f"(e.g. -r {name}:=/camera/...).")
 
     # ================================================================== worker thread
-    def _work(self) -> None:
-        while not self._stop.is_set():
-            item = self._slot.take(timeout=0.5)
-            if item is None:
-                continue
-            matched, t_match = item
-            try:
-                self._process(matched, t_match)
-            except Exception as exc:  # a failing planner never kills the node
-                if self._stop.is_set() or not rclpy.ok(context=self.context):
-                    return
-                self._stats.inc("pipeline_errors")
-                text = (f"grasp planning failed on the frame stamped {matched.stamp_ns / 1e9:.3f} s: "
-                        f"{one_line(exc, with_type=True)}")
-                self._stats.error(text)
-                self._warn("pipeline_error", text, error=True)
-                self.get_logger().debug(traceback.format_exc())
-
     def _process(self, m: Matched, t_match: float) -> None:
         from ..grasp import GraspError  # imported with the planner already
 
@@ -453,60 +399,21 @@ class GraspNode(Node):
                             "size": f"{inputs.K.width}x{inputs.K.height}",
                             "frame_id": instances_msg.header.frame_id}
 
-    # ================================================================== problems
-    def _warn(self, key: str, text: str, *, error: bool = False) -> None:
-        emit, held = self._throttle.ready(key)
-        if emit:
-            more = f" ({held} more since the last such warning)" if held else ""
-            if error:  # separate call sites: rclpy refuses a second severity at one logging call site
-                self.get_logger().error(text + more)
-            else:
-                self.get_logger().warning(text + more)
-
-    def _reject(self, reason: str, text: str, what: str = "Frame") -> None:
-        """Count a refused set (or message) under ``reason`` and warn, throttled per reason."""
-        self._stats.inc(f"rejected.{reason}")
-        self._stats.error(f"{reason}: {text}")
-        self._warn(reason, f"{what} dropped ({reason}): {text}")
-
-    def _callback_error(self, where: str, exc: Exception) -> None:
-        self._stats.inc("callback_errors")
-        text = f"{where} failed: {one_line(exc, with_type=True)}"
-        self._stats.error(text)
-        self._warn(f"callback_error_{where}", text, error=True)
-        self.get_logger().debug(traceback.format_exc())
-
     # ================================================================== diagnostics
-    def _publish_diagnostics(self) -> None:
-        try:
-            self._diagnostics()
-        except Exception as exc:  # a timer callback must not stop the executor
-            self._callback_error("diagnostics", exc)
-
     def _diagnostics(self) -> None:
         now = time.monotonic()
-        publishers = {k: sub.get_publisher_count() for k, sub in list(self._subs.items())}
-        problems = check_inputs(self._inputs, publishers, now, active_since=self._active_since,
-                                stale_timeout=self._settings.stale_timeout) if self._state == "active" else []
-        for problem in problems:
-            self._warn(problem.key, self._problem_text(problem))
+        publishers, problems = self._input_problems(now)
         view = NodeView(
             state=self._state, streams=STREAMS, model_loaded=self._planner is not None,
             backlog=sum(self._sync.pending().values()) + int(self._slot.pending),
             topics={k: w.topic for k, w in self._inputs.items()}, publishers=publishers, last_frame=self._last_frame,
             input_problems=[p.summary for p in problems])
-        status = node_status(self._stats, view, now, since=self._diag_last)
-        self._diag_last = status.totals
-        values = dict(status.values)
-        values["grasps_published"] = self._stats.count("grasps_published")
-        values["instances_without_pixels"] = self._stats.count("instances_without_pixels")
-        values["select"] = self._selection_text()
-        try:
-            self._diag_pub.publish(diagnostic_array(
-                self.get_clock().now().to_msg(), f"{self.get_name()}: grasp planning", status.level, status.message,
-                values, hardware_id=str(self._last_frame.get("frame_id", ""))))
-        except Exception:  # the context is going down
-            pass
+        self._publish_status(view, now, "grasp planning")
+
+    def _extra_values(self) -> dict[str, Any]:
+        return {"grasps_published": self._stats.count("grasps_published"),
+                "instances_without_pixels": self._stats.count("instances_without_pixels"),
+                "select": self._selection_text()}
 
 
 def _parse_args(argv: list[str]) -> argparse.Namespace:
@@ -527,37 +434,24 @@ def main(args: list[str] | None = None) -> int:
     """
     argv = list(sys.argv if args is None else args)
     _parse_args(argv)
-    rclpy.init(args=argv)
-    node: GraspNode | None = None
+    return run_node(argv, NODE_NAME, GraspNode, GraspNodeError, _run)
+
+
+def _run(node: GraspNode) -> int:
+    """Load the planner, start ``node`` and spin it."""
     try:
-        try:
-            node = GraspNode()
-        except GraspNodeError as exc:
-            rclpy.logging.get_logger(NODE_NAME).error(f"invalid parameters: {one_line(exc)}")
-            return 2
-        try:
-            node.load_planner()
-        except ImportError as exc:  # GraspExtraMissing (its message names make setup-grasp), or torch itself
-            text = one_line(exc)
-            if "make setup-grasp" not in text:
-                text += " (grasp_node needs the Contact-GraspNet extra: run `make setup-grasp`)"
-            node.get_logger().error(f"cannot plan grasps: {text}")
-            return 1
-        except Exception as exc:
-            node.get_logger().error(f"cannot load Contact-GraspNet: {one_line(exc, with_type=True)}")
-            return 1
-        node.start()
-        executor = SingleThreadedExecutor()
-        executor.add_node(node)
-        executor.spin()
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    finally:
-        if node is not None:
-            node.close()
-            node.destroy_node()
-        rclpy.try_shutdown()
-    return 0
+        node.load_planner()
+    except ImportError as exc:  # GraspExtraMissing (its message names make setup-grasp), or torch itself
+        text = one_line(exc)
+        if "make setup-grasp" not in text:
+            text += " (grasp_node needs the Contact-GraspNet extra: run `make setup-grasp`)"
+        node.get_logger().error(f"cannot plan grasps: {text}")
+        return 1
+    except Exception as exc:
+        node.get_logger().error(f"cannot load Contact-GraspNet: {one_line(exc, with_type=True)}")
+        return 1
+    node.start()
+    return spin(node)
 
 
 if __name__ == "__main__":

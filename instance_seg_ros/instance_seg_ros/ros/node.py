@@ -40,38 +40,31 @@ import traceback
 from functools import partial
 from typing import Any
 
-import rclpy
-from diagnostic_msgs.msg import DiagnosticArray
 from rcl_interfaces.msg import SetParametersResult
-from rclpy.clock import Clock, ClockType
 from rclpy.event_handler import SubscriptionEventCallbacks, UnsupportedEventTypeError
-from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from rclpy.parameter import Parameter
 from rclpy.utilities import remove_ros_args
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 
 from ..core.config import Config, ConfigError
-from ..core.sync import LatestSlot, Matched, StampError, StampSynchronizer
+from ..core.sync import LatestSlot, Matched, StampSynchronizer
 from ..core.text import one_line
 from ..core.tracking import Tracker
 from ..core.types import FrameError
-from .conversions import stamp_to_ns
 from .diagnostics import (
     InputWatch,
     NodeStats,
     NodeView,
     Throttle,
-    check_inputs,
-    diagnostic_array,
     missing_input_text,
-    node_status,
     time_reset_warning,
 )
 from .frame_inputs import FrameRejected, count_processed, decode_frame, frame_summary, publisher_id
+from .node_common import WorkerNodeMixin, run_node, spin
 from .outputs import create_publishers, publish_result
 from .params import NodeSettings, all_specs, coerced, declare_specs, merged, refusal, split_flat
-from .qos import describe, incompatible_qos_warning, input_qos, policy_name, transport_warning
+from .qos import describe, input_qos, transport_warning
 
 __all__ = ["STREAMS", "InstanceSegNode", "main"]
 
@@ -79,7 +72,7 @@ NODE_NAME = "instance_seg_node"
 STREAMS = ("image", "depth", "camera_info")
 
 
-class InstanceSegNode(LifecycleNode):
+class InstanceSegNode(WorkerNodeMixin, LifecycleNode):
     """Amodal instance segmentation node (see the module docstring for topics and behaviour).
 
     Args:
@@ -115,13 +108,7 @@ class InstanceSegNode(LifecycleNode):
         self._last_frame: dict[str, Any] = {}
         self._diag_last: dict[str, int] = {}
 
-        self.add_pre_set_parameters_callback(self._coerce_parameters)
-        self.add_on_set_parameters_callback(self._validate_parameters)
-        self.add_post_set_parameters_callback(self._apply_parameters)
-        self._diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
-        # steady clock: diagnostics and stale-input checks keep running when /clock stalls under use_sim_time
-        self._diag_timer = self.create_timer(self._settings.diagnostics_period, self._publish_diagnostics,
-                                             clock=Clock(clock_type=ClockType.STEADY_TIME))
+        self._add_parameter_callbacks_and_diagnostics(self._settings.diagnostics_period)
 
     # ================================================================== parameters
     @property
@@ -210,10 +197,7 @@ class InstanceSegNode(LifecycleNode):
                 self._seg.load()
             self._sync.reset()
             self._slot.clear()
-            self._slot.reopen()
-            self._stop.clear()
-            self._worker = threading.Thread(target=self._work, name="instance_seg_worker", daemon=True)
-            self._worker.start()
+            self._start_worker("instance_seg_worker")
             self._create_subscriptions()
         except Exception as exc:
             text = f"cannot activate: {one_line(exc, with_type=True)}"
@@ -303,15 +287,6 @@ class InstanceSegNode(LifecycleNode):
             self.destroy_subscription(sub)
         self._subs = {}
 
-    def _stop_worker(self) -> None:
-        self._stop.set()
-        self._slot.close()
-        if self._worker is not None and self._worker is not threading.current_thread():
-            self._worker.join(timeout=30.0)
-            if self._worker.is_alive():
-                self.get_logger().warning("the worker thread did not stop within 30 s; leaving it behind")
-        self._worker = None
-
     # ================================================================== callbacks (executor thread)
     def _on_input(self, stream: str, msg: Any, info: Any) -> None:
         """Subscription callback (with message info: the publisher's GID tells a restarted camera from
@@ -321,30 +296,6 @@ class InstanceSegNode(LifecycleNode):
             self._take_input(stream, msg, publisher_id(info))
         except Exception as exc:
             self._callback_error("input callback", exc)
-
-    def _callback_error(self, where: str, exc: Exception) -> None:
-        self._stats.inc("callback_errors")
-        text = f"{where} failed: {one_line(exc, with_type=True)}"
-        self._stats.error(text)
-        self._warn(f"callback_error_{where}", text, error=True)
-        self.get_logger().debug(traceback.format_exc())
-
-    def _take_input(self, stream: str, msg: Any, source: Any = None) -> None:
-        now = time.monotonic()
-        self._inputs[stream].last_rx = now
-        self._stats.tick(f"received.{stream}", now)
-        sync = self._sync
-        if sync is None:
-            return
-        try:
-            sync.add(stream, stamp_to_ns(msg.header.stamp), msg, source)
-        except StampError as exc:
-            self._reject(exc.reason, f"{exc} (on '{self._inputs[stream].topic}')", what="Message")
-
-    def _on_match(self, m: Matched) -> None:
-        self._stats.tick("frames_matched")
-        if self._slot.put((m, time.monotonic())):
-            self._stats.inc("frames_skipped")
 
     def _on_time_reset(self, stream: str, previous_ns: int, stamp_ns: int, reason: str) -> None:
         self._stats.inc("time_resets")
@@ -362,33 +313,10 @@ class InstanceSegNode(LifecycleNode):
     def _topic(self, stream: str) -> str:
         return self._inputs[stream].topic if stream in self._inputs else stream
 
-    def _on_incompatible_qos(self, topic: str, other: str, event: Any) -> None:
-        self._stats.inc("qos_incompatible")
-        self._stats.inc(f"qos_incompatible.{topic}")
-        self._warn(f"qos_{topic}", incompatible_qos_warning(topic, other, policy_name(event.last_policy_kind)))
-
     def _on_message_lost(self, stream: str, event: Any) -> None:
         self._stats.inc(f"messages_lost.{stream}", int(getattr(event, "total_count_change", 1)) or 1)
 
     # ================================================================== worker thread
-    def _work(self) -> None:
-        while not self._stop.is_set():
-            item = self._slot.take(timeout=0.5)
-            if item is None:
-                continue
-            matched, t_match = item
-            try:
-                self._process(matched, t_match)
-            except Exception as exc:  # an exception in the pipeline never kills the node
-                if self._stop.is_set() or not rclpy.ok(context=self.context):
-                    return
-                self._stats.inc("pipeline_errors")
-                text = (f"pipeline failed on the frame stamped {matched.stamp_ns / 1e9:.3f} s: "
-                        f"{one_line(exc, with_type=True)}")
-                self._stats.error(text)
-                self._warn("pipeline_error", text, error=True)
-                self.get_logger().debug(traceback.format_exc())
-
     def _process(self, m: Matched, t_match: float) -> None:
         from ..core.pipeline import FrameSkipped  # imported (with torch) by on_configure already
 
@@ -437,37 +365,10 @@ class InstanceSegNode(LifecycleNode):
         for event in tracker.drain_events():  # counted in the tracker's stats (diagnostics: tracking.resets)
             self._warn("tracking_reset", event.message)
 
-    # ================================================================== problems
-    def _warn(self, key: str, text: str, *, error: bool = False) -> None:
-        emit, held = self._throttle.ready(key)
-        if emit:
-            more = f" ({held} more since the last such warning)" if held else ""
-            # separate call sites: rclpy refuses a second severity at one logging call site
-            if error:
-                self.get_logger().error(text + more)
-            else:
-                self.get_logger().warning(text + more)
-
-    def _reject(self, reason: str, text: str, what: str = "Frame") -> None:
-        """Count a refused frame (or message) under ``reason`` and warn, throttled per reason."""
-        self._stats.inc(f"rejected.{reason}")
-        self._stats.error(f"{reason}: {text}")
-        self._warn(reason, f"{what} dropped ({reason}): {text}")
-
     # ================================================================== diagnostics
-    def _publish_diagnostics(self) -> None:
-        try:
-            self._diagnostics()
-        except Exception as exc:  # a timer callback must not stop the executor
-            self._callback_error("diagnostics", exc)
-
     def _diagnostics(self) -> None:
         now = time.monotonic()
-        publishers = {k: sub.get_publisher_count() for k, sub in list(self._subs.items())}
-        problems = check_inputs(self._inputs, publishers, now, active_since=self._active_since,
-                                stale_timeout=self._settings.stale_timeout) if self._state == "active" else []
-        for problem in problems:
-            self._warn(problem.key, problem.warning)
+        publishers, problems = self._input_problems(now)
         seg, sync = self._seg, self._sync
         view = NodeView(
             state=self._state, streams=STREAMS, model_loaded=bool(seg is not None and seg.loaded),
@@ -476,14 +377,7 @@ class InstanceSegNode(LifecycleNode):
             topics={k: w.topic for k, w in self._inputs.items()}, publishers=publishers, last_frame=self._last_frame,
             input_problems=[p.summary for p in problems],
             tracking=dataclasses.asdict(self._tracker.stats) if self._tracker is not None else {})
-        status = node_status(self._stats, view, now, since=self._diag_last)
-        self._diag_last = status.totals
-        try:
-            self._diag_pub.publish(diagnostic_array(
-                self.get_clock().now().to_msg(), f"{self.get_name()}: instance segmentation", status.level,
-                status.message, status.values, hardware_id=str(self._last_frame.get("frame_id", ""))))
-        except Exception:  # the context is going down
-            pass
+        self._publish_status(view, now, "instance segmentation")
 
 
 def _parse_args(argv: list[str]) -> argparse.Namespace:
@@ -501,32 +395,20 @@ def main(args: list[str] | None = None) -> int:
     """Console entry point ``instance_seg_node``; ``args`` is a full argv (program name first)."""
     argv = list(sys.argv if args is None else args)
     ns = _parse_args(argv)
-    rclpy.init(args=argv)
-    node: InstanceSegNode | None = None
-    try:
-        try:
-            node = InstanceSegNode(managed=True if ns.managed else None)
-        except ConfigError as exc:
-            rclpy.logging.get_logger(NODE_NAME).error(f"invalid parameters: {one_line(exc)}")
-            return 2
-        if node.managed:
-            node.get_logger().info("managed node: waiting for the configure and activate transitions")
-        else:
-            if node.trigger_configure() != TransitionCallbackReturn.SUCCESS:
-                return 1  # on_configure logged the one-line reason
-            if node.trigger_activate() != TransitionCallbackReturn.SUCCESS:
-                return 1
-        executor = SingleThreadedExecutor()
-        executor.add_node(node)
-        executor.spin()
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    finally:
-        if node is not None:
-            node.close()
-            node.destroy_node()
-        rclpy.try_shutdown()
-    return 0
+    return run_node(argv, NODE_NAME, lambda: InstanceSegNode(managed=True if ns.managed else None), ConfigError,
+                    _run)
+
+
+def _run(node: InstanceSegNode) -> int:
+    """Configure and activate ``node`` unless it is managed, then spin it."""
+    if node.managed:
+        node.get_logger().info("managed node: waiting for the configure and activate transitions")
+    else:
+        if node.trigger_configure() != TransitionCallbackReturn.SUCCESS:
+            return 1  # on_configure logged the one-line reason
+        if node.trigger_activate() != TransitionCallbackReturn.SUCCESS:
+            return 1
+    return spin(node)
 
 
 if __name__ == "__main__":

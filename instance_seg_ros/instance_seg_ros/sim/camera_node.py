@@ -56,7 +56,7 @@ from rcl_interfaces.msg import (
     SetParametersResult,
 )
 from rclpy.duration import Duration
-from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
+from rclpy.executors import SingleThreadedExecutor
 from rclpy.node import Node
 from rclpy.parameter import Parameter
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
@@ -78,6 +78,7 @@ from ..ros.conversions import (
     instance_array_msg,
     stamp_from_ns,
 )
+from ..ros.node_common import run_node
 from ..ros.params import declare_specs
 from ..ros.qos import describe, output_qos
 from .camera import d435_intrinsics
@@ -431,29 +432,17 @@ def main(args: list[str] | None = None) -> int:
     """
     argv = list(sys.argv if args is None else args)
     _parse_args(argv)
-    rclpy.init(args=argv)
-    node: SimCameraNode | None = None
-    code = 0
-    try:
-        try:
-            node = SimCameraNode()
-        except (SimCameraError, SceneError) as exc:
-            rclpy.logging.get_logger(NODE_NAME).error(f"invalid parameters: {one_line(exc)}")
-            return 2
-        executor = SingleThreadedExecutor()
-        executor.add_node(node)
-        node.start()
-        while rclpy.ok() and not node.finished.is_set():
-            executor.spin_once(timeout_sec=0.1)
-        code = 1 if node.error else 0
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    finally:
-        if node is not None:
-            node.close()
-            node.destroy_node()
-        rclpy.try_shutdown()
-    return code
+    return run_node(argv, NODE_NAME, SimCameraNode, (SimCameraError, SceneError), _run)
+
+
+def _run(node: SimCameraNode) -> int:
+    """Start ``node`` and spin it until ``max_frames`` frames or shutdown; 1 when rendering failed."""
+    executor = SingleThreadedExecutor()
+    executor.add_node(node)
+    node.start()
+    while rclpy.ok() and not node.finished.is_set():
+        executor.spin_once(timeout_sec=0.1)
+    return 1 if node.error else 0
 
 
 if __name__ == "__main__":
