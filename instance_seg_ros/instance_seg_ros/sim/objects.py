@@ -11,7 +11,7 @@ from __future__ import annotations
 import functools
 import math
 import xml.etree.ElementTree as ET
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -111,11 +111,10 @@ def _rpy_matrix(rpy: Sequence[float]) -> np.ndarray:
     return rz @ ry @ rx
 
 
-@functools.lru_cache(maxsize=2048)
-def urdf_local_box(path: str) -> tuple[tuple[float, float, float], tuple[float, float, float]]:
-    """``(centre, size)`` of the visual meshes of a single-link URDF, in the link frame, at scale 1."""
+def urdf_visual_meshes(path: str) -> Iterator[tuple[Path, np.ndarray, np.ndarray, np.ndarray]]:
+    """Each visual mesh of a single-link URDF: ``(mesh file, scale[3], origin xyz[3], rotation[3, 3])`` in the link
+    frame (visuals without a mesh are skipped)."""
     root = ET.parse(path).getroot()
-    lo, hi = np.full(3, np.inf), np.full(3, -np.inf)
     for vis in root.iter("visual"):
         mesh = vis.find("geometry/mesh")
         if mesh is None:
@@ -124,8 +123,16 @@ def urdf_local_box(path: str) -> tuple[tuple[float, float, float], tuple[float, 
         origin = vis.find("origin")
         xyz = np.array([float(s) for s in (origin.get("xyz", "0 0 0") if origin is not None else "0 0 0").split()])
         rpy = [float(s) for s in (origin.get("rpy", "0 0 0") if origin is not None else "0 0 0").split()]
+        yield Path(path).parent / mesh.get("filename"), scale, xyz, _rpy_matrix(rpy)
+
+
+@functools.lru_cache(maxsize=2048)
+def urdf_local_box(path: str) -> tuple[tuple[float, float, float], tuple[float, float, float]]:
+    """``(centre, size)`` of the visual meshes of a single-link URDF, in the link frame, at scale 1."""
+    lo, hi = np.full(3, np.inf), np.full(3, -np.inf)
+    for mesh_file, scale, xyz, rot in urdf_visual_meshes(path):
         verts = []
-        with open(Path(path).parent / mesh.get("filename"), encoding="utf-8", errors="replace") as fh:
+        with open(mesh_file, encoding="utf-8", errors="replace") as fh:
             for line in fh:
                 if line.startswith("v "):
                     verts.append(line.split()[1:4])
@@ -133,7 +140,7 @@ def urdf_local_box(path: str) -> tuple[tuple[float, float, float], tuple[float, 
         v = v[np.isfinite(v).all(axis=1)]  # some shipped meshes are broken (random_urdfs/168: all NaN)
         if v.shape[0] == 0:
             continue
-        v = v @ _rpy_matrix(rpy).T + xyz
+        v = v @ rot.T + xyz
         lo, hi = np.minimum(lo, v.min(axis=0)), np.maximum(hi, v.max(axis=0))
     if not np.all(np.isfinite(lo)):
         raise SceneError(f"{path} has no visual mesh to measure.")

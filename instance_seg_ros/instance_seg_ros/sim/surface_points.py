@@ -23,15 +23,13 @@ from __future__ import annotations
 
 import functools
 import math
-import xml.etree.ElementTree as ET
-from pathlib import Path
 
 import numpy as np
 
 from ..core.geometry import quaternion_to_matrix
 from .errors import SceneError
 from .frame import Frame, ObjectGT
-from .objects import support_boxes, urdf_local_box, urdf_path
+from .objects import support_boxes, urdf_local_box, urdf_path, urdf_visual_meshes
 from .scene import Scene
 
 __all__ = ["box_surface", "cylinder_surface", "object_surface", "scene_surfaces", "sphere_surface",
@@ -89,19 +87,10 @@ def sphere_surface(radius: float, spacing: float) -> np.ndarray:
 @functools.lru_cache(maxsize=256)
 def _urdf_triangles(path: str) -> np.ndarray:
     """The triangles of a single-link URDF's visual meshes in its link frame at scale 1, float64[T, 3, 3]."""
-    root = ET.parse(path).getroot()
     tris = []
-    for vis in root.iter("visual"):
-        mesh = vis.find("geometry/mesh")
-        if mesh is None:
-            continue
-        scale = np.array([float(s) for s in mesh.get("scale", "1 1 1").split()])
-        origin = vis.find("origin")
-        xyz = np.array([float(s) for s in (origin.get("xyz", "0 0 0") if origin is not None else "0 0 0").split()])
-        r, p, y = (float(s) for s in (origin.get("rpy", "0 0 0") if origin is not None else "0 0 0").split())
-        rot = _rpy(r, p, y)
+    for mesh_file, scale, xyz, rot in urdf_visual_meshes(path):
         verts, faces = [], []
-        with open(Path(path).parent / mesh.get("filename"), encoding="utf-8", errors="replace") as fh:
+        with open(mesh_file, encoding="utf-8", errors="replace") as fh:
             for line in fh:
                 if line.startswith("v "):
                     verts.append([float(s) for s in line.split()[1:4]])
@@ -118,13 +107,6 @@ def _urdf_triangles(path: str) -> np.ndarray:
     if not tris:
         raise SceneError(f"{path} has no visual mesh to sample.")
     return np.concatenate(tris)
-
-
-def _rpy(r: float, p: float, y: float) -> np.ndarray:
-    rx = np.array([[1, 0, 0], [0, math.cos(r), -math.sin(r)], [0, math.sin(r), math.cos(r)]])
-    ry = np.array([[math.cos(p), 0, math.sin(p)], [0, 1, 0], [-math.sin(p), 0, math.cos(p)]])
-    rz = np.array([[math.cos(y), -math.sin(y), 0], [math.sin(y), math.cos(y), 0], [0, 0, 1]])
-    return rz @ ry @ rx
 
 
 def _sample_triangles(tris: np.ndarray, spacing: float, rng: np.random.Generator) -> np.ndarray:
