@@ -6,7 +6,7 @@
 Both nodes run in one namespace (default ``sim``); sim_camera_node publishes ``image``, ``depth`` (32FC1
 meters) and ``camera_info`` there, which are the node's own input names, so nothing needs remapping, and
 ``/clock``, which both use with use_sim_time. The node is started by instance_seg.launch.py (camera:=generic),
-so params_file (checked to exist), managed and autostart mean the same as there.
+so params_file (checked to exist), managed, autostart and grasps (also start grasp_node) mean the same as there.
 
 The simulated camera publishes reliably (its ``qos.reliability``), so the node subscribes reliably here
 (``qos.input_reliability:=reliable``, whatever the params file says): a best-effort subscriber loses most of a
@@ -49,6 +49,8 @@ def generate_launch_description():
         DeclareLaunchArgument("managed", default_value="false", description="Managed lifecycle instance_seg_node."),
         DeclareLaunchArgument("autostart", default_value="false",
                               description="With managed:=true: launch configures, then activates the node."),
+        DeclareLaunchArgument("grasps", default_value="false",
+                              description="Also start grasp_node on the simulated camera (needs make setup-grasp)."),
         OpaqueFunction(function=_camera),
         IncludeLaunchDescription(
             PythonLaunchDescriptionSource([ThisLaunchFileDir(), "/instance_seg.launch.py"]),
@@ -59,6 +61,7 @@ def generate_launch_description():
                 "use_sim_time": LaunchConfiguration("use_sim_time"),
                 "managed": LaunchConfiguration("managed"),
                 "autostart": LaunchConfiguration("autostart"),
+                "grasps": LaunchConfiguration("grasps"),
                 "input_reliability": RELIABILITY,
             }.items(),
         ),

@@ -373,6 +373,16 @@ def test_sim_launch_passes_arguments_on(monkeypatch, tmp_path):
         _launch(monkeypatch, "sim.launch.py", params_file=str(tmp_path / "missing.yaml"))
 
 
+def test_sim_launch_grasps(monkeypatch):
+    declared, entities = _launch(monkeypatch, "sim.launch.py", grasps="true")
+    assert declared["grasps"].kwargs["default_value"] == "false"
+    by_exe = {e.kwargs["executable"]: e.kwargs for e in entities}
+    assert set(by_exe) == {"sim_camera_node", "instance_seg_node", "grasp_node"}
+    grasp = by_exe["grasp_node"]
+    assert grasp["namespace"] == by_exe["instance_seg_node"]["namespace"] == "sim"
+    assert grasp["parameters"] == [{"use_sim_time": True, "qos.input_reliability": "reliable"}]
+
+
 @pytest.mark.parametrize(
     ("env", "reliability", "fragment"),
     [
