@@ -196,14 +196,8 @@ def paste_probs_batched(probs: torch.Tensor, boxes: torch.Tensor, image_size: tu
     if n == 0:
         return torch.zeros((0, k, h_img, w_img), dtype=torch.float32, device=probs.device)
     _, padded, ib = _paste_setup(probs, boxes, image_size)
-    x0, y0 = ib[:, 0], ib[:, 1]
-    w = (ib[:, 2] - x0 + 1).clamp_(min=1)
-    h = (ib[:, 3] - y0 + 1).clamp_(min=1)
-    m = padded.shape[-1]
-    wy = _resize_weights(y0, h, m, h_img)
-    wx = _resize_weights(x0, w, m, w_img)
-    cols = torch.einsum("nkij,nwj->nkiw", padded.to(torch.float32), wx)
-    return torch.einsum("nhi,nkiw->nkhw", wy, cols)
+    wy, wx = _paste_weights(ib, padded.shape[-1], image_size)
+    return _resize_rois(padded.to(torch.float32), wy, wx)
 
 
 def _extent(any_along: torch.Tensor) -> torch.Tensor:
@@ -335,20 +329,28 @@ def paste_masks_batched(
     out, padded, ib = _paste_setup(probs, boxes, image_size)
     if n == 0:
         return out
-    x0, y0 = ib[:, 0], ib[:, 1]
-    w = (ib[:, 2] - x0 + 1).clamp_(min=1)
-    h = (ib[:, 3] - y0 + 1).clamp_(min=1)
-    m = padded.shape[-1]
-    wy = _resize_weights(y0, h, m, h_img)  # [N, H, M]
-    wx = _resize_weights(x0, w, m, w_img)  # [N, W, M]
+    wy, wx = _paste_weights(ib, padded.shape[-1], image_size)
     src = padded.to(torch.float32)
     step = max(1, int(max_elements) // max(1, k * h_img * w_img))
     for a in range(0, n, step):
         b = min(a + step, n)
-        cols = torch.einsum("nkij,nwj->nkiw", src[a:b], wx[a:b])  # [n, K, M, W]
-        full = torch.einsum("nhi,nkiw->nkhw", wy[a:b], cols)  # [n, K, H, W]
-        torch.gt(full, threshold, out=out[a:b])
+        torch.gt(_resize_rois(src[a:b], wy[a:b], wx[a:b]), threshold, out=out[a:b])
     return out
+
+
+def _paste_weights(ib: torch.Tensor, m: int, image_size: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """The per-RoI resize matrices that paste padded ``m x m`` RoI masks into their expanded integer boxes ``ib``
+    (``[N, 4]``) of an image of ``image_size``: ``(wy [N, H, m], wx [N, W, m])``."""
+    x0, y0 = ib[:, 0], ib[:, 1]
+    w = (ib[:, 2] - x0 + 1).clamp_(min=1)
+    h = (ib[:, 3] - y0 + 1).clamp_(min=1)
+    return _resize_weights(y0, h, m, image_size[0]), _resize_weights(x0, w, m, image_size[1])
+
+
+def _resize_rois(src: torch.Tensor, wy: torch.Tensor, wx: torch.Tensor) -> torch.Tensor:
+    """``src`` ``[n, K, m, m]`` float pasted with :func:`_paste_weights`' matrices: ``[n, K, H, W]`` float."""
+    cols = torch.einsum("nkij,nwj->nkiw", src, wx)  # [n, K, m, W]
+    return torch.einsum("nhi,nkiw->nkhw", wy, cols)
 
 
 class Predictor:
