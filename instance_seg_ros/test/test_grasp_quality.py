@@ -1,5 +1,6 @@
 """The geometric grasp check (grasp.quality), the simulator's true surfaces (sim.surface_points), the upright input
-frame (grasp.upright), grasp drawing, and one short ``isr grasps --sim`` run (skipped without the grasp extra)."""
+frame (grasp.planner.upright_transform), grasp drawing, and one short ``isr grasps --sim`` run (skipped without the
+grasp extra)."""
 
 from __future__ import annotations
 
@@ -182,7 +183,7 @@ def test_scene_surfaces_match_the_rendered_depth():
 # ------------------------------------------------------------------ upright input frame and drawing
 def test_upright_transform():
     from instance_seg_ros.grasp import GraspError
-    from instance_seg_ros.grasp.upright import upright_transform
+    from instance_seg_ros.grasp.planner import upright_transform
 
     up = np.array([0.1, -0.8, -0.5])
     t = upright_transform(up, [0.1, 0.2, 0.9])

@@ -363,6 +363,7 @@ class GraspNode(WorkerNodeMixin, Node):
     # ================================================================== worker thread
     def _process(self, m: Matched, t_match: float) -> None:
         from ..grasp import GraspError  # imported with the planner already
+        from ..grasp.planner import estimate_up
 
         planner, s, ids = self._planner, self._settings, self._ids
         if planner is None:
@@ -376,13 +377,14 @@ class GraspNode(WorkerNodeMixin, Node):
             self._stats.inc("instances_without_pixels", len(inputs.without_pixels))
         selected = select_indices(inputs, s.select, ids)
         t0 = time.perf_counter()
+        up = estimate_up(inputs.depth, inputs.K)  # once per frame, not per instance
         grasps: dict[int, list[Any]] = {}
         for index in selected:  # one instance at a time: shutdown waits for one instance, not a whole frame
             if self._stop.is_set():
                 return
             try:
                 grasps.update(planner.plan(inputs.depth, inputs.K, inputs.labels, [index], max_grasps=s.max_grasps,
-                                           score_threshold=s.score_threshold))
+                                           score_threshold=s.score_threshold, up=up))
             except GraspError as exc:
                 return self._reject("bad_input", str(exc))
         planning_ms = (time.perf_counter() - t0) * 1e3

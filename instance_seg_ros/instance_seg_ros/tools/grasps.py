@@ -17,9 +17,8 @@ stricter, of anything but the target (``collides_scene``: table and background t
 
 Each grasp is checked as predicted, opened to ``MAX_WIDTH`` about the same pose (``max_width``), and opened to
 ``MAX_WIDTH`` keeping a finger on the contact point (``max_width_contact``). ``--input-frame`` picks how the cloud is
-given to the network: ``camera`` (the planner as shipped: optical frame) and/or ``upright`` (z up, centred:
-:mod:`instance_seg_ros.grasp.upright`; up = the simulator's gravity, or on real frames the fitted support plane's
-normal).
+given to the network: ``camera`` (the optical frame, the planner before 2026-12-03) and/or ``upright`` (z up,
+centred: the planner's default; up = the simulator's gravity, or on real frames the fitted support plane's normal).
 
 Writes under ``--out``: ``metrics.json``, ``report.md`` and a figure (``grasps_sim.png`` of the first frames,
 ``grasps_real.png`` of every real frame) with the top grasps drawn as projected grippers colored by score.
@@ -56,8 +55,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--from-model", action="store_true",
                    help="--sim: also plan on our Segmenter's instances (default config), not only the ground truth")
     p.add_argument("--input-frame", default="camera,upright",
-                   help="comma-separated: camera (the planner as shipped) and/or upright (z up; grasp.upright); "
-                        "default both")
+                   help="comma-separated: camera (the optical frame, the planner before 2026-12-03) and/or "
+                        "upright (z up); default both")
     p.add_argument("--top-k", type=int, default=5, help="grasps kept and checked per instance (default 5)")
     p.add_argument("--score-threshold", type=float, default=0.5, help="planner score threshold (default 0.5)")
     p.add_argument("--max-instances", type=int, default=None,
@@ -135,8 +134,6 @@ def run(args: argparse.Namespace) -> int:
 def _plan(planner: Any, frame_in: str, depth: np.ndarray, K: Any, label: np.ndarray, index: int, up: np.ndarray | None,
           args: argparse.Namespace) -> tuple[list[Any], float]:
     """One instance's grasps with the network's input in ``frame_in``, and the milliseconds it took."""
-    from ..grasp.upright import plan_upright
-
     t = time.perf_counter()
     if frame_in == "camera":
         grasps = planner.plan(depth, K, label, [index], max_grasps=args.top_k, score_threshold=args.score_threshold,
@@ -144,8 +141,8 @@ def _plan(planner: Any, frame_in: str, depth: np.ndarray, K: Any, label: np.ndar
     elif up is None:  # no support plane: nothing to stand the cloud up on
         grasps = {index: []}
     else:
-        grasps = plan_upright(planner, depth, K, label, up, [index], max_grasps=args.top_k,
-                              score_threshold=args.score_threshold)
+        grasps = planner.plan(depth, K, label, [index], max_grasps=args.top_k, score_threshold=args.score_threshold,
+                              up=up)
     return grasps[index], (time.perf_counter() - t) * 1e3
 
 

@@ -93,7 +93,6 @@ def play(args: argparse.Namespace, log_path: Path) -> Played:
     """Start the node, play the bag into it, collect its outputs; the node is always stopped."""
     import rclpy
     from rclpy.qos import QoSProfile, ReliabilityPolicy
-    from rosbags.highlevel import AnyReader  # noqa: F401  (fail early with the real import error)
 
     from . import bagio
 
