@@ -212,7 +212,7 @@ def _extent(any_along: torch.Tensor) -> torch.Tensor:
 
 def mask_ownership_keep(
     masks: torch.Tensor, probs: torch.Tensor, boxes: torch.Tensor, scores: torch.Tensor, threshold: float,
-    mask_threshold: float = 0.5, stride: int = 4,
+    mask_threshold: float = 0.5, stride: int = 4, inplace: bool = False, _dense: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Resolve overlapping visible masks pixel by pixel: each pixel claimed by several detections belongs to the
     one with the highest ``score x mask probability`` there; a detection that owns no more than
@@ -230,6 +230,8 @@ def mask_ownership_keep(
         boxes (Tensor[N, 4] float): their boxes in image pixels.
         scores (Tensor[N] float): detection scores.
         threshold: in [0, 1]; 1 keeps every detection (overlaps are still given to one owner).
+        inplace: when every detection is kept, settle the overlaps in ``masks`` itself instead of a copy (for a
+            caller that owns ``masks``).
 
     Returns:
         (kept indices ``Tensor[K]`` long, in the input order; the kept masks ``Tensor[K, H, W]`` bool, disjoint).
@@ -240,43 +242,78 @@ def mask_ownership_keep(
         return torch.arange(n, device=dev), masks
     hc, wc = -(-h // stride), -(-w // stride)
     coarse_boxes = boxes.float() / stride
-    pc = paste_probs_batched(probs[:, None].float(), coarse_boxes, (hc, wc))[:, 0]  # [N, hc, wc]
-    q = torch.where(pc > mask_threshold, pc * scores.float()[:, None, None], torch.zeros_like(pc))
-    alive = torch.ones(n, dtype=torch.bool, device=dev)
-    area = (q > 0).flatten(1).sum(1)
+    pc = paste_probs_batched(probs[:, None].float(), coarse_boxes, (hc, wc))[:, 0].flatten(1)  # [N, hc * wc]
+    below = pc <= mask_threshold
+    q = pc.mul_(scores.float()[:, None]).masked_fill_(below, 0.0)  # in place: pc is our own
+    claimed = q > 0
+    area = claimed.sum(1)
     empty = area == 0  # nothing on the coarse grid to contest: kept, like an empty mask in mask_overlap_keep
     area = area.clamp_min(1)
+    # only cells claimed by two or more detections can change hands; every other claimed cell stays its claimant's
+    contested = claimed.sum(0) >= 2
+    qc = q[:, contested]  # [N, C]
+    sole = area - claimed[:, contested].sum(1)
+    alive = torch.ones(n, dtype=torch.bool, device=dev)
+    idx = torch.arange(n, device=dev)[:, None]
     for _ in range(n):
-        qa = torch.where(alive[:, None, None], q, torch.zeros_like(q))
-        best = qa.max(dim=0)
-        owned = ((best.indices[None] == torch.arange(n, device=dev)[:, None, None]) & (best.values[None] > 0))
-        share = torch.where(empty, 1.0, owned.flatten(1).sum(1) / area)
+        best = torch.where(alive[:, None], qc, torch.zeros_like(qc)).max(dim=0)
+        owned = ((best.indices[None] == idx) & (best.values[None] > 0)).sum(1) + sole
+        share = torch.where(empty, 1.0, owned / area)
         losing = alive & (share < 1.0 - threshold)
         if not bool(losing.any()):
             break
         # drop the lowest-scored loser only, then settle ownership again (its pixels may go back to others)
         alive[int(torch.nonzero(losing)[-1])] = False
     kept = torch.nonzero(alive)[:, 0]
-    out = masks[kept]  # a copy
-    qk = q[kept]
-    # shared pixels, pair by pair inside the intersection of the two masks' extents: to the higher score x
-    # probability there (q is one number per detection and pixel, so the pairwise verdicts agree where three masks
-    # meet); where the coarse grid has no probability for either, to the higher-scored detection (the earlier one)
-    ext = torch.stack([_extent(out.any(dim=1)), _extent(out.any(dim=2))], dim=1)  # [K, 2 (x, y), 2 (lo, hi)]
-    lo = torch.maximum(ext[:, None, :, 0], ext[None, :, :, 0])
-    hi = torch.minimum(ext[:, None, :, 1], ext[None, :, :, 1])
-    for i, j in torch.nonzero(torch.triu((hi > lo).all(dim=2), diagonal=1)).tolist():
-        x0, y0 = lo[i, j].tolist()
-        x1, y1 = hi[i, j].tolist()
-        both = out[i, y0:y1, x0:x1] & out[j, y0:y1, x0:x1]
-        if not bool(both.any()):
+    out = masks if inplace and len(kept) == n else masks[kept]  # else a copy
+    qk = q[kept].reshape(-1, hc, wc)
+    # shared pixels: to the higher score x probability there (q is one number per detection and pixel, so the
+    # pairwise verdicts agree where three masks meet); where the coarse grid has no probability for either, to the
+    # higher-scored detection (the earlier one). On the CPU pair by pair (numpy); elsewhere all at once.
+    if out.device.type == "cpu" and not _dense:
+        m = probs.shape[-1]
+        ib = expand_boxes(boxes[kept].float(), (m + 2) / m).to(torch.int64).numpy()  # _paste_setup's boxes
+        _settle_pairs_np(out.numpy(), qk.numpy(), ib, stride)
+    else:
+        _settle_dense(out, qk, stride)
+    return kept, out
+
+
+def _settle_pairs_np(out: np.ndarray, qk: np.ndarray, ib: np.ndarray, stride: int) -> None:
+    """:func:`mask_ownership_keep`'s shared pixels settled in ``out`` ``[K, H, W]`` bool (in place), pair by pair
+    inside the intersection of the two masks' paste boxes ``ib`` ``[K, 4]`` (nothing is pasted outside them): to the
+    higher ``qk`` ``[K, H / stride, W / stride]`` there, ties to the earlier detection (the higher-scored)."""
+    h, w = out.shape[1:]
+    lo = np.maximum(ib[:, None, :2], ib[None, :, :2]).clip(min=0)  # [K, K, (x, y)]
+    hi = np.minimum(ib[:, None, 2:], ib[None, :, 2:]) + 1
+    hi[..., 0] = hi[..., 0].clip(max=w)
+    hi[..., 1] = hi[..., 1].clip(max=h)
+    for i, j in zip(*np.nonzero(np.triu((hi > lo).all(axis=2), k=1)), strict=True):
+        (x0, y0), (x1, y1) = lo[i, j], hi[i, j]
+        ys, xs = np.nonzero(out[i, y0:y1, x0:x1] & out[j, y0:y1, x0:x1])
+        if len(ys) == 0:
             continue
-        ys, xs = torch.nonzero(both, as_tuple=True)
-        ys, xs = ys + y0, xs + x0
-        j_wins = qk[j, ys // stride, xs // stride] > qk[i, ys // stride, xs // stride]
+        ys += y0
+        xs += x0
+        cy, cx = ys // stride, xs // stride
+        j_wins = qk[j, cy, cx] > qk[i, cy, cx]
         out[i, ys[j_wins], xs[j_wins]] = False
         out[j, ys[~j_wins], xs[~j_wins]] = False
-    return kept, out
+
+
+def _settle_dense(out: torch.Tensor, qk: torch.Tensor, stride: int) -> None:
+    """:func:`_settle_pairs_np`'s result for any device, over the whole image at once (cheap on an accelerator):
+    each pixel stays only in the claiming mask with the highest ``qk``, the earliest one among equals, which is the
+    one that wins every pairwise comparison."""
+    h, w = out.shape[1:]
+    if out.shape[0] < 2:
+        return
+    rows = torch.arange(h, device=out.device) // stride
+    cols = torch.arange(w, device=out.device) // stride
+    v = torch.where(out, qk[:, rows][:, :, cols], -1.0)  # [K, H, W]; q >= 0 where a mask claims
+    first = out & (v == v.max(dim=0, keepdim=True).values)
+    first &= first.cumsum(dim=0, dtype=torch.int16) == 1
+    out.copy_(first)
 
 
 def _resize_weights(start: torch.Tensor, size: torch.Tensor, n_src: int, n_out: int) -> torch.Tensor:
@@ -596,7 +633,7 @@ class Predictor:
         scores = scores[keep]
         if self.mask_nms == "ownership" and len(scores) > 1:
             kept, masks = mask_ownership_keep(masks, probs[:, 0], boxes, scores, self.mask_nms_threshold,
-                                              self.mask_threshold)
+                                              self.mask_threshold, inplace=True)  # masks: our paste's
             if len(kept) < len(scores):
                 boxes, labels, scores, amodal, occ = (t[kept] for t in (boxes, labels, scores, amodal, occ))
         elif self.mask_nms_threshold < 1.0 and len(scores) > 1:
