@@ -94,6 +94,8 @@ def test_untracked_predictions_and_ground_truth_without_ids():
     t = mot_summary(scored_run([[7, 8, 0]] * 6, [1, 2, 3]).id_frames, 0.5)
     assert (t["misses"], t["false_positives"], t["id_switches"]) == (6, 0, 0)
     assert t["mota"] == pytest.approx(1 - 6 / 18) and t["idf1"] == pytest.approx(2 * 12 / (2 * 12 + 6))
+    # object 3 is detected (an untracked prediction covers it): the identity on detected objects still counts it
+    assert (t["gt_detected"], t["predictions_on_gt"]) == (18, 12) and t["idf1_detected"] == pytest.approx(24 / 30)
     # ground truth with one instance unidentified: left out and counted
     t = mot_summary(scored_run([[7, 8, 9]] * 2, [1, 2, 0]).id_frames, 0.5)
     assert t["gt_objects"] == 4 and t["false_positives"] == 2

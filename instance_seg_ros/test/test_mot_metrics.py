@@ -127,6 +127,28 @@ def test_untracked_predictions_are_left_out_and_gt_ids_can_come_from_track_id():
     assert (m.predictions, m.matches, m.misses, m.false_positives) == (1, 1, 1, 0)
 
 
+def test_idf1_on_detected_objects_leaves_out_detector_errors_but_not_tracker_ones():
+    acc = MotAccumulator()
+    # frame 1: object 1 detected but not yet confirmed (id 0), object 2 missed, a false positive tracked
+    acc.add_instances([disk(15, 15, 8), disk(40, 30, 6)], [1, 2], [disk(15, 15, 8), disk(65, 45, 7, track_id=5)])
+    # frames 2-4: object 1 tracked as 7, object 2 still missed
+    for _ in range(3):
+        acc.add_instances([disk(15, 15, 8), disk(40, 30, 6)], [1, 2], [disk(15, 15, 8, track_id=7)])
+    m = acc.compute()
+    assert (m.idtp, m.gt_objects, m.predictions) == (3, 8, 4)
+    assert math.isclose(m.idf1, 6 / 12)
+    # detected: object 1 in all 4 frames (the unconfirmed one counts against the tracker); on ground truth: 3
+    assert (m.gt_detected, m.predictions_on_gt) == (4, 3)
+    assert math.isclose(m.idf1_detected, 6 / 7)
+    # through add(): detected defaults to the overlaps of the predictions given
+    acc = MotAccumulator()
+    acc.add_boxes([1, 2], boxes(A, B), [4], boxes(A))
+    m = acc.compute()
+    assert (m.gt_detected, m.predictions_on_gt, m.idf1_detected) == (1, 1, 1.0)
+    with pytest.raises(ValueError, match="one flag per ground-truth"):
+        MotAccumulator().add([1], [], np.zeros((1, 0)), detected=[True, False])
+
+
 def test_empty_sequences_give_nan_ratios():
     m = MotAccumulator().compute()
     assert m.frames == 0 and math.isnan(m.mota) and math.isnan(m.idf1) and math.isnan(m.motp)

@@ -27,6 +27,13 @@ in which the pair overlaps. ``IDTP`` is that number, ``IDFN = Σ g_t - IDTP`` an
 the predictions in frame ``t``); ``IDP = IDTP / (IDTP + IDFP)``, ``IDR = IDTP / (IDTP + IDFN)`` and
 ``IDF1 = 2 IDTP / (2 IDTP + IDFP + IDFN)``.
 
+**Identity on detected objects** (``idf1_detected``, ours): IDF1 with the detector's own errors taken out, to
+show what the tracker does with what it is given. Only the ground-truth object-frames that some detection overlaps
+(tracked or not: a detection the tracker has not confirmed yet still counts against the tracker) and the tracked
+predictions that overlap some ground-truth object are counted: ``2 IDTP / (Σ detected g_t + Σ p_t on ground
+truth)``. The same IDTP; a detector miss or a false positive no longer lowers it, an unconfirmed track or a track
+that changes objects still does.
+
 Predictions with track id 0 are not tracks (the tracker reports 0 for detections it has not confirmed) and are
 left out by :meth:`MotAccumulator.add_instances`; pass them with ids of their own through :meth:`MotAccumulator.add`
 to count them.
@@ -82,6 +89,9 @@ class MotMetrics:
     idp: float
     idr: float
     idf1: float
+    gt_detected: int  # ground-truth object-frames that some prediction overlaps, tracked or not (id 0)
+    predictions_on_gt: int  # predictions (tracked) that overlap some ground-truth object
+    idf1_detected: float  # IDF1 over those only: 2 IDTP / (gt_detected + predictions_on_gt)
 
     def as_dict(self) -> dict[str, float]:
         return asdict(self)
@@ -107,16 +117,20 @@ class MotAccumulator:
         self._gt_ids: set[int] = set()
         self._pred_ids: set[int] = set()
         self._frames = self._gt = self._pred = 0
+        self._gt_det = self._pred_on_gt = 0
         self._matches = self._switches = 0
         self._iou_sum = 0.0
 
-    def add(self, gt_ids: Sequence[int], pred_ids: Sequence[int], iou: np.ndarray) -> list[tuple[int, int]]:
+    def add(self, gt_ids: Sequence[int], pred_ids: Sequence[int], iou: np.ndarray, *,
+            detected: Sequence[bool] | None = None) -> list[tuple[int, int]]:
         """Add one frame.
 
         Args:
             gt_ids: the persistent id of each ground-truth object in the frame (unique within the frame).
             pred_ids: the track id of each prediction (unique within the frame).
             iou (np.ndarray[G, P] float): IoU between ground-truth object ``i`` and prediction ``j``.
+            detected: per ground-truth object, whether any detection overlaps it, untracked ones (id 0)
+                included (for ``idf1_detected``); None: whether one of the predictions given does.
 
         Returns:
             list[tuple[int, int]]: the frame's CLEAR MOT matches as (gt id, pred id).
@@ -141,6 +155,11 @@ class MotAccumulator:
         self._pred += len(pred_ids)
         self._gt_ids.update(gt_ids)
         self._pred_ids.update(pred_ids)
+        det = ok.any(axis=1) if detected is None else np.asarray(detected, bool) | ok.any(axis=1)
+        if det.shape != (len(gt_ids),):
+            raise ValueError(f"detected must give one flag per ground-truth object ({len(gt_ids)}), got {det.shape}.")
+        self._gt_det += int(det.sum())
+        self._pred_on_gt += int(ok.any(axis=0).sum())
         for gi, pj in zip(*np.nonzero(ok), strict=True):
             self._overlaps[gt_ids[gi], pred_ids[pj]] += 1
 
@@ -174,12 +193,14 @@ class MotAccumulator:
         ``gt_ids`` are the ground-truth identities (None: each ground-truth instance's ``track_id``); the predictions'
         ids are their ``track_id`` and predictions with ``track_id == 0`` are left out.
         """
-        pred = [p for p in pred if p.track_id]
         ids = [g.track_id for g in gt] if gt_ids is None else list(gt_ids)
         if len(ids) != len(gt):
             raise ValueError(f"gt_ids must give one id per ground-truth instance: {len(ids)} ids, {len(gt)} "
                              f"instances.")
-        return self.add(ids, [p.track_id for p in pred], crop_iou_matrix(list(gt), pred, amodal=amodal))
+        iou = crop_iou_matrix(list(gt), list(pred), amodal=amodal)
+        tracked = np.array([bool(p.track_id) for p in pred], bool)
+        return self.add(ids, [p.track_id for p in pred if p.track_id], iou[:, tracked],
+                        detected=(iou >= self.iou_threshold).any(axis=1))
 
     def add_boxes(self, gt_ids: Sequence[int], gt_boxes: np.ndarray, pred_ids: Sequence[int],
                   pred_boxes: np.ndarray) -> list[tuple[int, int]]:
@@ -221,4 +242,7 @@ class MotAccumulator:
             idp=_ratio(idtp, idtp + idfp),
             idr=_ratio(idtp, idtp + idfn),
             idf1=_ratio(2 * idtp, 2 * idtp + idfp + idfn),
+            gt_detected=self._gt_det,
+            predictions_on_gt=self._pred_on_gt,
+            idf1_detected=_ratio(2 * idtp, self._gt_det + self._pred_on_gt),
         )

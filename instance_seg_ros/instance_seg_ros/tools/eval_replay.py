@@ -89,27 +89,32 @@ class IdFrame:
         pred_ids (tuple[int, ...]): the track ids of the predictions that have one (``track_id != 0``).
         iou (np.ndarray[G, P] float64): visible-mask IoU between ground-truth instance ``i`` and tracked prediction
             ``j``.
+        detected (np.ndarray[G] bool | None): whether any prediction, tracked or not, overlaps ground-truth
+            instance ``i`` at ``iou_threshold`` (for ``idf1_detected``); None: the tracked ones decide.
     """
 
     stamp_ns: int
     gt_ids: tuple[int, ...]
     pred_ids: tuple[int, ...]
     iou: np.ndarray
+    detected: np.ndarray | None = None
 
     @classmethod
-    def of(cls, stamp_ns: int, pred: FrameResult, gt: FrameResult) -> IdFrame:
+    def of(cls, stamp_ns: int, pred: FrameResult, gt: FrameResult, iou_threshold: float = 0.5) -> IdFrame:
         from ..core.matching import crop_iou_matrix
 
         gt_ids = tuple(int(g.track_id) for g in gt.instances)
-        tracked = [p for p in pred.instances if p.track_id]
-        # the IoU only where it can count: ground truth with identities and tracked predictions
-        iou = crop_iou_matrix(list(gt.instances), tracked) if any(gt_ids) and tracked \
-            else np.zeros((len(gt_ids), len(tracked)))
-        return cls(int(stamp_ns), gt_ids, tuple(int(p.track_id) for p in tracked), iou)
+        tracked = np.array([bool(p.track_id) for p in pred.instances], bool)
+        # the IoU only where it can count: ground truth with identities
+        iou = crop_iou_matrix(list(gt.instances), list(pred.instances)) if any(gt_ids) \
+            else np.zeros((len(gt_ids), len(pred.instances)))
+        return cls(int(stamp_ns), gt_ids, tuple(int(p.track_id) for p in pred.instances if p.track_id),
+                   iou[:, tracked], (iou >= iou_threshold).any(axis=1))
 
 
 MOT_KEYS = ("mota", "motp", "idf1", "idp", "idr", "id_switches", "id_switches_per_100", "frames", "gt_objects",
-            "gt_ids", "predictions", "pred_ids", "matches", "misses", "false_positives", "idtp", "idfp", "idfn")
+            "gt_ids", "predictions", "pred_ids", "matches", "misses", "false_positives", "idtp", "idfp", "idfn", "gt_detected",
+            "predictions_on_gt", "idf1_detected")
 NO_GT_IDS = "ground truth has no identities"
 NO_PRED_IDS = "no prediction carries a track id"
 
@@ -145,7 +150,7 @@ def mot_summary(frames: Sequence[IdFrame], iou_threshold: float) -> dict[str, An
         if len(set(gt_ids)) != len(gt_ids) or len(set(f.pred_ids)) != len(f.pred_ids):
             notes["frames with a repeated id in one frame (left out)"] += 1
             continue
-        acc.add(gt_ids, f.pred_ids, f.iou[keep])
+        acc.add(gt_ids, f.pred_ids, f.iou[keep], detected=None if f.detected is None else f.detected[keep])
     out.update({k: v for k, v in acc.compute().as_dict().items() if k in MOT_KEYS})
     out["notes"] = {k: n for k, n in notes.items() if n}
     return out
@@ -257,7 +262,7 @@ class EvalRun:
         for k, v in lat.items():
             self.latency.setdefault(k, []).append(float(v))
         rec["latency_ms"] = {k: round(float(v), 3) for k, v in lat.items()}
-        ids = IdFrame.of(stamp, pred, gt)
+        ids = IdFrame.of(stamp, pred, gt, self.scorer.iou_threshold)
         rec["gt_track_ids"], rec["track_ids"] = list(ids.gt_ids), list(ids.pred_ids)
         self.id_frames.append(ids)
         self.per_frame.append(rec)

@@ -182,6 +182,7 @@ def _md_tracking(r: dict[str, Any]) -> list[str]:
         return L + [f"No tracking figures: {t['status']}.", ""]
     L += markdown_table(["metric", "value"], [
         ["IDF1", _f(t["idf1"])], ["IDP / IDR", f"{_f(t['idp'])} / {_f(t['idr'])}"],
+        ["IDF1 on detected objects (detector misses and false positives left out)", _f(t.get("idf1_detected"))],
         ["MOTA", _f(t["mota"])], ["MOTP (mean IoU of the matches)", _f(t["motp"])],
         ["ID switches", f"{t['id_switches']} ({_f(t['id_switches_per_100'], 2)} per 100 ground-truth object-frames)"],
         ["frames counted", t["frames"]],

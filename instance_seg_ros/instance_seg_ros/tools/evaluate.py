@@ -403,7 +403,8 @@ def run(args: argparse.Namespace) -> int:
     f = report["frames"]
     c = report["coco"]
     t = report["tracking"]
-    ids = (f"IDF1 {_pct(t['idf1'])}, MOTA {_pct(t['mota'])}, {t['id_switches']} ID switches" if t["status"] == "ok"
+    ids = (f"IDF1 {_pct(t['idf1'])} ({_pct(t['idf1_detected'])} on detected objects), MOTA {_pct(t['mota'])}, "
+           f"{t['id_switches']} ID switches" if t["status"] == "ok"
            else f"tracking: {t['status']}")
     print(f"isr eval: {f['evaluated']} of {f['messages']} frames evaluated, {f['rejected']} rejected; "
           f"mask AP {_pct(c['mask_ap'])}, AP50 {_pct(c['mask_ap50'])}, amodal AP {_pct(c['amodal_ap'])}; {ids}; "

@@ -232,7 +232,8 @@ def run(args: argparse.Namespace) -> int:
                         "outputs": n_out, "play_s": played.play_s}
     paths = write_outputs(report, out / "eval")
     t, c = report["tracking"], report["coco"]
-    ids = (f"IDF1 {t['idf1']:.3f}, MOTA {t['mota']:.3f}, {t['id_switches']} ID switches" if t["status"] == "ok"
+    ids = (f"IDF1 {t['idf1']:.3f} ({t['idf1_detected']:.3f} on detected objects), MOTA {t['mota']:.3f}, "
+           f"{t['id_switches']} ID switches" if t["status"] == "ok"
            else f"tracking: {t['status']}")
     print(f"isr replay: {report['frames']['evaluated']} frames scored; mask AP50 {c['mask_ap50']:.3f}; {ids}; "
           f"report -> {paths[0]}")
