@@ -64,3 +64,89 @@ def test_instance_array_round_trip_between_processes(procs, ros):
 
     parsed = frame_result_from_msg(msg)
     np.testing.assert_array_equal(parsed.label_image, expected.label_image)
+
+
+# ---------------------------------------------------------------------------------------- the fast InstanceArray build
+def _same_message(a, b, path="msg"):
+    """a and b are the same message tree: same classes, same value types and values, same byte arrays, same
+    ``_check_fields``."""
+    import array
+
+    assert type(a) is type(b), f"{path}: {type(a).__name__} vs {type(b).__name__}"
+    if hasattr(type(a), "get_fields_and_field_types"):
+        assert a._check_fields == b._check_fields, path
+        for name in type(a).get_fields_and_field_types():
+            _same_message(getattr(a, name), getattr(b, name), f"{path}.{name}")
+    elif isinstance(a, list):
+        assert len(a) == len(b), path
+        for k, (x, y) in enumerate(zip(a, b, strict=True)):
+            _same_message(x, y, f"{path}[{k}]")
+    elif isinstance(a, array.array):
+        assert a.typecode == b.typecode and a.tobytes() == b.tobytes(), path
+    else:
+        assert a == b, f"{path}: {a!r} vs {b!r}"
+
+
+def _odd_result():
+    """sample_result plus instances off the fast path's common case: uint8 and non-contiguous masks, an empty mask,
+    float64 points, non-contiguous points and colors, float32 centroid, list quaternion."""
+    import dataclasses
+
+    base = sample_result()
+    rng = np.random.default_rng(3)
+    a, b = base.instances
+    big = rng.random((20, 30)) > 0.5
+    pts = rng.normal(size=(40, 6)).astype(np.float32)
+    cols = rng.integers(0, 256, size=(40, 6), dtype=np.uint8)
+    extra = [
+        dataclasses.replace(a, index=3, mask=(rng.random((8, 10)) > 0.5).astype(np.uint8) * 7,
+                            amodal_mask=big[::2, ::3][:10, :12], points=pts[:, ::2], colors=cols[:, 1::2],
+                            centroid=np.float32([0.1, 0.2, 0.3]), box_quat=[0.0, 0.0, 0.0, 1.0]),
+        dataclasses.replace(b, index=4, mask=np.zeros((0, 0), bool), points=pts[:, :3].astype(np.float64),
+                            colors=None, track_id=0),
+        dataclasses.replace(a, index=5, points=np.zeros((0, 3), np.float32), colors=np.zeros((0, 3), np.uint8)),
+    ]
+    return dataclasses.replace(base, instances=[*base.instances, *extra])
+
+
+@pytest.mark.parametrize("make", [sample_result, _odd_result])
+def test_fast_instance_array_is_the_plain_build(make):
+    from rclpy.serialization import deserialize_message, serialize_message
+
+    from instance_seg_msgs.msg import InstanceArray
+    from instance_seg_ros.core import msg_codec as codec
+    from instance_seg_ros.ros.conversions import _fast_build_ok, fill, header, instance_array_msg
+
+    assert _fast_build_ok(), "the fast build is off: the generated message classes changed"
+    res = make()
+    hdr = header(FRAME_ID, STAMP_NS)
+    fast = instance_array_msg(res, hdr)
+    plain = fill(InstanceArray(), codec.instance_array_fields(res, hdr))
+    _same_message(fast, plain)
+    assert fast == plain
+    assert fast.header is hdr and all(m.mask.header is hdr and m.points.header is hdr for m in fast.instances)
+    # the same bytes on the wire (rclpy's serializer leaves padding bytes unset: compare what they carry)
+    raw_fast, raw_plain = serialize_message(fast), serialize_message(plain)
+    assert len(raw_fast) == len(raw_plain)
+    assert deserialize_message(raw_fast, InstanceArray) == deserialize_message(raw_plain, InstanceArray)
+    # without a header: the plain build
+    _same_message(instance_array_msg(res, None), fill(InstanceArray(), codec.instance_array_fields(res, None)))
+
+
+@pytest.mark.parametrize("n", [0, 1, 7, 5000])
+def test_packed_cloud_bytes_are_x_y_z_and_0x00rrggbb(n, monkeypatch):
+    import struct
+    import sys
+
+    from instance_seg_ros.core import msg_codec as codec
+
+    rng = np.random.default_rng(n)
+    pts = rng.normal(size=(n, 3)).astype(np.float32)
+    pts[: n // 3, 0] = np.nan  # bit patterns, not values, are copied
+    rgb = rng.integers(0, 256, size=(n, 3), dtype=np.uint8)
+    want = b"".join(p.tobytes() + struct.pack("<I", (int(r) << 16) | (int(g) << 8) | int(b))
+                    for p, (r, g, b) in zip(pts, rgb, strict=True))
+    assert codec._pack_xyzrgb(pts, rgb).tobytes() == want
+    assert codec._pack_xyzrgb(pts, rgb).tobytes() == want  # the scratch buffer reused
+    monkeypatch.setitem(sys.modules, "cv2", None)  # without OpenCV: numpy's copies
+    assert codec._pack_xyzrgb(pts, rgb).tobytes() == want

@@ -281,6 +281,97 @@ def test_30_instances_per_frame_are_fast():
     assert per_frame < 20.0  # measured ~1 ms; generous for a loaded CI machine
 
 
+def _crowd(seed: int, n_frames: int = 25) -> list[tuple[float, list[Obj]]]:
+    """Touching and overlapping objects drifting at random, some hidden behind others, random scores (both stages),
+    some without depth, some frames dropping objects: many box-overlapping pairs that are not the same object."""
+    rng = np.random.default_rng(seed)
+    n = 24
+    u, v = rng.uniform(30, W - 30, n), rng.uniform(30, H - 30, n)
+    z, ru, rv = rng.uniform(0.6, 0.9, n), rng.uniform(10, 24, n), rng.uniform(8, 20, n)
+    vel = rng.normal(0, 2.0, (n, 2))
+    frames = []
+    for k in range(n_frames):
+        objs = []
+        for i in range(n):
+            if rng.random() < 0.08:
+                continue
+            o = Obj(u[i] + vel[i, 0] * k + rng.normal(0, 0.7), v[i] + vel[i, 1] * k, z=z[i], ru=ru[i], rv=rv[i],
+                    score=float(rng.choice([0.95, 0.7, 0.4, 0.2, 0.05])), depth=bool(rng.random() > 0.15))
+            if objs and rng.random() < 0.3:
+                o.hidden = objs[-1].full()
+            objs.append(o)
+        frames.append((k / RATE + (0.3 if k > 15 else 0.0), objs))
+    return frames
+
+
+@pytest.mark.parametrize("seed", range(4))
+@pytest.mark.parametrize("cfg", [TrackerConfig(), TrackerConfig(min_hits=1, weight_box=0.0),
+                                 TrackerConfig(weight_amodal=0.0, min_similarity=0.2),
+                                 TrackerConfig(weight_visible=0.0, weight_centroid=0.0)])
+def test_pairs_skipped_below_min_similarity_change_no_association(monkeypatch, seed, cfg):
+    """The tracker skips the mask IoUs of pairs whose similarity cannot reach min_similarity (an upper bound from the
+    mask areas and the box overlap); ids, stats and tracks are those of the tracker computing every pair."""
+    from instance_seg_ros.core import tracking
+
+    frames = _crowd(seed)
+    exact, computed = tracking._similarity, []
+
+    def counting(*args, **kwargs):
+        real = tracking.crop_iou
+        monkeypatch.setattr(tracking, "crop_iou", lambda a, b: computed.append(1) or real(a, b))
+        try:
+            return exact(*args, **kwargs)
+        finally:
+            monkeypatch.setattr(tracking, "crop_iou", real)
+
+    def history(prune: bool):
+        computed.clear()
+        with monkeypatch.context() as m:
+            m.setattr(tracking, "_similarity", counting if prune else lambda gd, gt, c, floor=None: counting(gd, gt, c))
+            tracker = Tracker(cfg)
+            out = []
+            for stamp, objs in frames:
+                ids = tracker.update(stamp, frame(objs)[0])
+                out.append((ids, tracker.stats.live, tracker.stats.confirmed, tracker.stats.id_switches,
+                            [(t.track_id, t.hits, t.serial) for t in tracker._tracks]))
+        return out, len(computed)
+
+    pruned, n_pruned = history(True)
+    full, n_full = history(False)
+    assert pruned == full
+    assert any(ids and any(ids) for ids, *_ in full)  # it does track
+    assert n_pruned < n_full  # and pairs were skipped
+
+
+def test_similarity_matrix_matches_a_plain_reference():
+    """similarity_matrix (crops counted once, IoUs on candidate pairs only) against the formula on full matrices."""
+    from instance_seg_ros.core.matching import crop_iou_matrix
+
+    for seed in range(3):
+        for cfg in (TrackerConfig(), TrackerConfig(weight_amodal=0.0), TrackerConfig(gate_m=0.02)):
+            (_, a), (_, b) = _crowd(seed, 2)
+            dets, tracks = frame(a)[0], frame(b)[0]
+            box_v = box_iou_matrix([d.bbox for d in dets], [t.bbox for t in tracks])
+            cd = np.array([d.centroid for d in dets])
+            ct = np.array([t.centroid for t in tracks])
+            kd, kt = (cd != 0).any(axis=1), (ct != 0).any(axis=1)
+            both = kd[:, None] & kt[None, :]
+            dist = np.linalg.norm(cd[:, None, :] - ct[None, :, :], axis=2)
+            gated = both & (dist > cfg.gate_m)
+            prox = np.where(both, np.clip(1.0 - dist / cfg.gate_m, 0.0, 1.0), 0.0)
+            iou_a = crop_iou_matrix(dets, tracks, amodal=True)
+            iou_v = crop_iou_matrix(dets, tracks)
+            unocc = [np.array([i.occlusion <= 0 and i.bbox == i.amodal_bbox for i in x]) for x in (dets, tracks)]
+            same = unocc[0][:, None] & unocc[1][None, :] if cfg.weight_amodal > 0 else np.zeros_like(both)
+            iou_v = np.where(same, iou_a, iou_v)
+            total = cfg.weight_box * box_v + cfg.weight_centroid * prox
+            total = total + cfg.weight_amodal * np.where(gated, 0.0, iou_a) * (cfg.weight_amodal > 0)
+            total = total + cfg.weight_visible * np.where(gated, 0.0, iou_v)
+            ref = total / (cfg.weight_visible + cfg.weight_amodal + cfg.weight_box + cfg.weight_centroid * both)
+            ref[gated] = 0.0
+            np.testing.assert_allclose(similarity_matrix(dets, tracks, cfg), ref, rtol=0, atol=1e-12)
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # Pieces and settings
 

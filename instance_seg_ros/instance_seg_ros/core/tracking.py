@@ -15,7 +15,8 @@ motion. :class:`Tracker` gives every detection of a frame the id of the track it
 4. **Associate** (Zhang et al., "ByteTrack", ECCV 2022): detections with ``score >= high_score`` are matched to all
    live tracks, then detections with ``low_score <= score < high_score`` to the confirmed tracks still unmatched.
    Each stage is an optimal one-to-one assignment (:func:`assign`, the Hungarian method) over the pairs whose
-   similarity reaches ``min_similarity``.
+   similarity reaches ``min_similarity`` (a pair that provably cannot, from its mask areas and box overlap, is not
+   given its mask IoUs: the same pairs, at the same similarities, reach the assignment).
 5. **Birth and confirmation.** Only an unmatched high-score detection starts a track. A new track is *tentative*: it
    is dropped at its first miss and reports id 0 until it has been matched in ``min_hits`` consecutive frames;
    then it is *confirmed* and receives the next id of a counter that starts at 1 and is never reused (not even
@@ -49,7 +50,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .config import TrackerConfig
-from .matching import assign, box_iou_matrix, crop_iou_matrix
+from .matching import Crop, assign, box_iou_matrix, box_overlap, crop_iou, mask_area
 from .types import InstanceResult
 
 __all__ = [
@@ -111,49 +112,175 @@ class TrackerStats:
 def _centroids(instances: Sequence[InstanceResult]) -> tuple[np.ndarray, np.ndarray]:
     """(float64[N, 3], known bool[N]): a centroid is unknown when it is None, not finite, or all zeros (what the
     pipeline reports for an instance without depth points)."""
-    c = np.array([_NAN3 if inst.centroid is None else inst.centroid for inst in instances], dtype=np.float64)
-    c = c.reshape(len(instances), 3)
+    return _centroid_array([inst.centroid for inst in instances])
+
+
+def _centroid_array(values: Sequence[np.ndarray | None]) -> tuple[np.ndarray, np.ndarray]:
+    c = np.array([_NAN3 if v is None else v for v in values], dtype=np.float64).reshape(len(values), 3)
     known = np.isfinite(c).all(axis=1) & (c != 0.0).any(axis=1)
     return c, known
+
+
+class _Masks:
+    """An observation's visible and amodal mask crops, each made bool and counted once, when a pair first needs it
+    (:func:`.matching.mask_area`); a track keeps the :class:`_Masks` of the detection it last matched, so its crops
+    are not recounted in later frames (a mask array replaced on the instance is counted again)."""
+
+    __slots__ = ("_amodal", "_src", "_visible")
+
+    def __init__(self, inst: InstanceResult) -> None:
+        self._src = inst
+        self._visible: tuple[np.ndarray, np.ndarray, int] | None = None
+        self._amodal: tuple[np.ndarray, np.ndarray, int] | None = None
+
+    def get(self, amodal: bool) -> tuple[np.ndarray, int]:
+        """``(crop as bool, area)`` of the amodal or the visible mask."""
+        src = self._src.amodal_mask if amodal else self._src.mask
+        hit = self._amodal if amodal else self._visible
+        if hit is None or hit[0] is not src:
+            hit = (src, *mask_area(src))
+            if amodal:
+                self._amodal = hit
+            else:
+                self._visible = hit
+        return hit[1], hit[2]
+
+
+class _Geometry:
+    """What :func:`similarity_matrix` needs of a list of instances (detections, or the tracks' predictions), gathered
+    once per frame: boxes (arrays for the box IoUs), centroids, which instances are unoccluded, their masks
+    (:class:`_Masks`) and, once asked for, each mask's :data:`~.matching.Crop` and the areas as an array."""
+
+    __slots__ = ("_boxes", "_crops", "box_a", "box_v", "cent", "known", "masks", "unocc")
+
+    def __init__(self, bboxes: Sequence, amodal_bboxes: Sequence, centroids: Sequence, unoccluded: np.ndarray,
+                 masks: list[_Masks]) -> None:
+        n = len(masks)
+        self.box_v = np.asarray(bboxes, dtype=np.float64).reshape(n, 4)
+        self.box_a = np.asarray(amodal_bboxes, dtype=np.float64).reshape(n, 4)
+        self.cent, self.known = _centroid_array(centroids)
+        self.unocc = unoccluded
+        self.masks = masks
+        self._crops: dict[bool, tuple[list[Crop], np.ndarray]] = {}
+        self._boxes = (bboxes, amodal_bboxes)
+
+    @classmethod
+    def of(cls, instances: Sequence[InstanceResult]) -> _Geometry:
+        return cls([i.bbox for i in instances], [i.amodal_bbox for i in instances], [i.centroid for i in instances],
+                   _unoccluded(instances), [_Masks(i) for i in instances])
+
+    def crops(self, amodal: bool) -> tuple[list[Crop], np.ndarray]:
+        """The visible (or amodal) masks' crops, and their areas as float64[N]; made on the first call."""
+        hit = self._crops.get(amodal)
+        if hit is None:
+            crops = [(x, y, x + w, y + h, *m.get(amodal))
+                     for (x, y, w, h), m in zip(self._boxes[amodal], self.masks, strict=True)]
+            hit = self._crops[amodal] = (crops, np.array([c[5] for c in crops], dtype=np.float64))
+        return hit
+
+    def take(self, idx: Sequence[int]) -> _Geometry:
+        """The instances at positions ``idx`` (sharing their masks, and the crops made so far)."""
+        g = object.__new__(_Geometry)
+        rows = np.asarray(idx, dtype=np.intp)
+        g.box_v, g.box_a, g.cent, g.known, g.unocc = (a[rows] for a in (self.box_v, self.box_a, self.cent, self.known,
+                                                                         self.unocc))
+        g.masks = [self.masks[i] for i in idx]
+        g._boxes = tuple([b[i] for i in idx] for b in self._boxes)
+        g._crops = {k: ([c[i] for i in idx], a[rows]) for k, (c, a) in self._crops.items()}
+        return g
+
+    def __len__(self) -> int:
+        return len(self.masks)
 
 
 def similarity_matrix(dets: Sequence[InstanceResult], tracks: Sequence[InstanceResult],
                       config: TrackerConfig) -> np.ndarray:
     """Association similarity float64[D, T] in [0, 1] between detections and (predicted) track observations.
 
-    The weighted mean of visible-mask IoU, amodal-mask IoU (both on the crops, :func:`.matching.crop_iou_matrix`),
+    The weighted mean of visible-mask IoU, amodal-mask IoU (both on the crops, :func:`.matching.crop_iou`),
     visible-box IoU and, when both centroids are known, 3D proximity ``max(0, 1 - distance / gate_m)`` (its weight
     is then left out of the mean, so a frame without depth is scored on the image alone). A pair whose known
     centroids are farther apart than ``gate_m`` scores 0. Mask IoUs are computed only where the boxes overlap.
     """
-    n_d, n_t = len(dets), len(tracks)
+    if len(dets) == 0 or len(tracks) == 0:
+        return np.zeros((len(dets), len(tracks)))
+    return _similarity(_Geometry.of(dets), _Geometry.of(tracks), config)
+
+
+def _similarity(gd: _Geometry, gt: _Geometry, cfg: TrackerConfig, floor: float | None = None) -> np.ndarray:
+    """:func:`similarity_matrix` of two :class:`_Geometry`.
+
+    With ``floor`` (the tracker's ``min_similarity``), the mask IoUs of a pair are computed only if its similarity
+    may reach ``floor``: a pair that certainly stays below it keeps IoU 0 there, so its similarity is lower than
+    :func:`similarity_matrix` gives but still below ``floor``, and every pair that can reach ``floor`` is exact. The
+    tracker only compares similarities ``>= min_similarity`` (:func:`.matching.assign` zeroes the rest, contested
+    births test the same), so its result is the same. "Certainly" is decided on an upper bound of each mask IoU,
+    ``m / (area_d + area_t - m)`` with ``m = min(area_d, area_t, area of the boxes' overlap)`` (the intersection
+    exceeds none of the three), put into the same float operations as the similarity (each monotone, so the bound is
+    never below it; a 1e-9 margin on top): first with both IoUs bounded, then, for the visible IoU, with the exact
+    amodal IoU.
+    """
+    n_d, n_t = len(gd), len(gt)
     if n_d == 0 or n_t == 0:
         return np.zeros((n_d, n_t))
-    cfg = config
-    box_v = box_iou_matrix([d.bbox for d in dets], [t.bbox for t in tracks])
-    cd, kd = _centroids(dets)
-    ct, kt = _centroids(tracks)
+    inter_v, union_v = box_overlap(gd.box_v, gt.box_v)
+    box_v = np.divide(inter_v, union_v, out=np.zeros_like(inter_v), where=union_v > 0)  # box_iou_matrix
+    cd, kd = gd.cent, gd.known
+    ct, kt = gt.cent, gt.known
     both = kd[:, None] & kt[None, :]
     dist = np.linalg.norm(cd[:, None, :] - ct[None, :, :], axis=2)
     gated = both & (dist > cfg.gate_m)
     proximity = np.where(both, np.clip(1.0 - dist / cfg.gate_m, 0.0, 1.0), 0.0)
 
     total = cfg.weight_box * box_v + cfg.weight_centroid * proximity
+    weights = cfg.weight_visible + cfg.weight_amodal + cfg.weight_box + cfg.weight_centroid * both
     same = np.zeros((n_d, n_t), dtype=bool)  # both unoccluded: visible IoU = amodal IoU, computed once
+    cand_a = cand_v = bound_a = bound_v = None
     if cfg.weight_amodal > 0.0:
-        box_a = box_iou_matrix([d.amodal_bbox for d in dets], [t.amodal_bbox for t in tracks])
-        iou_a = _mask_ious(dets, tracks, (box_a > 0.0) & ~gated, amodal=True)
-        total += cfg.weight_amodal * iou_a
-        same = _unoccluded(dets)[:, None] & _unoccluded(tracks)[None, :]
+        inter_a, union_a = box_overlap(gd.box_a, gt.box_a)
+        cand_a = (np.divide(inter_a, union_a, out=np.zeros_like(inter_a), where=union_a > 0) > 0.0) & ~gated
+        same = gd.unocc[:, None] & gt.unocc[None, :]
     if cfg.weight_visible > 0.0:
-        iou_v = _mask_ious(dets, tracks, (box_v > 0.0) & ~gated & ~same, amodal=False)
+        cand_v = (box_v > 0.0) & ~gated & ~same
+    if floor is not None:
+        ub = total
+        if cand_a is not None:
+            bound_a = _iou_bound(gd, gt, cand_a, inter_a, amodal=True)
+            ub = ub + cfg.weight_amodal * bound_a
+        if cand_v is not None:
+            bound_v = _iou_bound(gd, gt, cand_v, inter_v, amodal=False)
+            if bound_a is not None:
+                bound_v[same] = bound_a[same]
+            ub = ub + cfg.weight_visible * bound_v
+        reach = ub / weights >= floor - 1e-9
+        cand_a = cand_a & reach if cand_a is not None else None
+        cand_v = cand_v & reach if cand_v is not None else None
+    if cand_a is not None:
+        iou_a = _mask_ious(gd, gt, cand_a, amodal=True)
+        total += cfg.weight_amodal * iou_a
+    if cand_v is not None:
+        if bound_v is not None and cand_v.any():  # again, with the exact amodal IoU
+            ub = np.where(cand_v, bound_v, 0.0)
+            if same.any():
+                ub[same] = iou_a[same]
+            cand_v &= (total + cfg.weight_visible * ub) / weights >= floor - 1e-9
+        iou_v = _mask_ious(gd, gt, cand_v, amodal=False)
         if same.any():
             iou_v[same] = iou_a[same]
         total += cfg.weight_visible * iou_v
-    weights = cfg.weight_visible + cfg.weight_amodal + cfg.weight_box + cfg.weight_centroid * both
     sim = total / weights
     sim[gated] = 0.0
     return sim
+
+
+def _iou_bound(gd: _Geometry, gt: _Geometry, candidates: np.ndarray, box_inter: np.ndarray, *, amodal: bool
+               ) -> np.ndarray:
+    """float64[D, T]: an upper bound of the mask IoU of each candidate pair, 0 elsewhere (see :func:`_similarity`);
+    ``box_inter``: the areas of the boxes' overlaps (:func:`.matching.box_overlap`)."""
+    ad, at = gd.crops(amodal)[1][:, None], gt.crops(amodal)[1][None, :]
+    m = np.minimum(np.minimum(ad, at), box_inter)
+    union = ad + at - m
+    return np.divide(m, union, out=np.zeros_like(m), where=candidates & (union > 0))
 
 
 def _unoccluded(instances: Sequence[InstanceResult]) -> np.ndarray:
@@ -161,13 +288,14 @@ def _unoccluded(instances: Sequence[InstanceResult]) -> np.ndarray:
     return np.array([i.occlusion <= 0.0 and tuple(i.bbox) == tuple(i.amodal_bbox) for i in instances], dtype=bool)
 
 
-def _mask_ious(dets: Sequence[InstanceResult], tracks: Sequence[InstanceResult], candidates: np.ndarray, *,
-               amodal: bool) -> np.ndarray:
-    """Mask IoU [D, T] for the ``candidates`` pairs (0 elsewhere), one crop_iou_matrix call per track."""
+def _mask_ious(gd: _Geometry, gt: _Geometry, candidates: np.ndarray, *, amodal: bool) -> np.ndarray:
+    """Mask IoU [D, T] for the ``candidates`` pairs (0 elsewhere)."""
     out = np.zeros(candidates.shape)
-    for j in np.flatnonzero(candidates.any(axis=0)):
-        rows = np.flatnonzero(candidates[:, j])
-        out[rows, j] = crop_iou_matrix([dets[i] for i in rows], [tracks[j]], amodal=amodal)[:, 0]
+    rows, cols = np.nonzero(candidates)
+    if rows.size:
+        cd, ct = gd.crops(amodal)[0], gt.crops(amodal)[0]
+        for i, j in zip(rows.tolist(), cols.tolist(), strict=True):
+            out[i, j] = crop_iou(cd[i], ct[j])
     return out
 
 
@@ -186,22 +314,27 @@ class _Track:
     vel_px: tuple[float, float] = (0.0, 0.0)  # amodal box center motion, pixels/s
     vel_m: np.ndarray | None = None  # centroid motion, m/s; None when unknown
     contested: bool = False  # born beside a confirmed track that went to another detection
+    masks: _Masks | None = None  # obs's masks, counted once (None: made on first use)
 
-    def observe(self, inst: InstanceResult, centroid: np.ndarray | None, stamp: float) -> None:
+    def observe(self, inst: InstanceResult, centroid: np.ndarray | None, stamp: float,
+                masks: _Masks | None = None) -> None:
         dt = stamp - self.stamp
         if dt > 0.0:
             (x0, y0, w0, h0), (x1, y1, w1, h1) = self.obs.amodal_bbox, inst.amodal_bbox
             self.vel_px = ((x1 + w1 / 2 - x0 - w0 / 2) / dt, (y1 + h1 / 2 - y0 - h0 / 2) / dt)
             known = centroid is not None and self.centroid is not None
             self.vel_m = (centroid - self.centroid) / dt if known else None
-        self.obs, self.centroid, self.stamp = inst, centroid, stamp
+        self.obs, self.centroid, self.stamp, self.masks = inst, centroid, stamp, masks
         self.hits += 1
+
+    def _motion(self, stamp: float, horizon_s: float) -> tuple[int, int, float, bool]:
+        h = min(max(stamp - self.stamp, 0.0), horizon_s)
+        dx, dy = round(self.vel_px[0] * h), round(self.vel_px[1] * h)
+        return dx, dy, h, self.vel_m is not None and h > 0.0
 
     def predicted(self, stamp: float, horizon_s: float) -> InstanceResult:
         """The last observation moved to ``stamp`` at constant velocity (boxes rounded to whole pixels)."""
-        h = min(max(stamp - self.stamp, 0.0), horizon_s)
-        dx, dy = round(self.vel_px[0] * h), round(self.vel_px[1] * h)
-        moves_3d = self.vel_m is not None and h > 0.0
+        dx, dy, h, moves_3d = self._motion(stamp, horizon_s)
         if not (dx or dy or moves_3d):
             return self.obs
         o = self.obs
@@ -211,6 +344,28 @@ class _Track:
         if moves_3d:
             p.centroid = self.centroid + self.vel_m * h
         return p
+
+
+def _predictions(tracks: Sequence[_Track], stamp: float, horizon_s: float) -> _Geometry:
+    """The :class:`_Geometry` of ``[t.predicted(stamp, horizon_s) for t in tracks]`` without the copies; the masks
+    are the tracks' own (:attr:`_Track.masks`)."""
+    boxes, amodal_boxes, cents, unocc, masks = [], [], [], [], []
+    for t in tracks:
+        o = t.obs
+        dx, dy, h, moves_3d = t._motion(stamp, horizon_s)
+        if dx or dy or moves_3d:
+            box = (o.bbox[0] + dx, o.bbox[1] + dy, o.bbox[2], o.bbox[3])
+            abox = (o.amodal_bbox[0] + dx, o.amodal_bbox[1] + dy, o.amodal_bbox[2], o.amodal_bbox[3])
+        else:
+            box, abox = o.bbox, o.amodal_bbox
+        boxes.append(box)
+        amodal_boxes.append(abox)
+        cents.append(t.centroid + t.vel_m * h if moves_3d else o.centroid)
+        unocc.append(o.occlusion <= 0.0 and tuple(box) == tuple(abox))
+        if t.masks is None:
+            t.masks = _Masks(o)
+        masks.append(t.masks)
+    return _Geometry(boxes, amodal_boxes, cents, np.array(unocc, dtype=bool), masks)
 
 
 class Tracker:
@@ -302,22 +457,24 @@ class Tracker:
         order = sorted(range(len(instances)), key=lambda i: (-instances[i].score, i))
         high = [i for i in order if instances[i].score >= cfg.high_score]
         low = [i for i in order if cfg.low_score <= instances[i].score < cfg.high_score]
-        preds = [t.predicted(stamp, cfg.motion_horizon_s) for t in tracks]
-        cents, known = _centroids(instances)
-        centroid = [cents[i] if known[i] else None for i in range(len(instances))]
+        dets = _Geometry.of(instances)
+        preds = _predictions(tracks, stamp, cfg.motion_horizon_s)
+        known = dets.known.tolist()
+        centroid = [dets.cent[i] if known[i] else None for i in range(len(instances))]
 
-        # stage 1: high-score detections against every live track
-        sim1 = similarity_matrix([instances[i] for i in high], preds, cfg)
+        # stage 1: high-score detections against every live track (pairs certainly below min_similarity are left
+        # below it without their mask IoUs: the same assignment, see _similarity)
+        sim1 = _similarity(dets.take(high), preds, cfg, floor=cfg.min_similarity)
         pairs1 = assign(sim1, cfg.min_similarity)
         matched: dict[int, int] = {high[r]: c for r, c in pairs1}  # instance position -> track position
         # stage 2: low-score detections against the confirmed tracks still unmatched
         rest = [j for j in range(len(tracks)) if tracks[j].track_id and j not in matched.values()]
-        sim2 = similarity_matrix([instances[i] for i in low], [preds[j] for j in rest], cfg)
+        sim2 = _similarity(dets.take(low), preds.take(rest), cfg, floor=cfg.min_similarity)
         for r, c in assign(sim2, cfg.min_similarity):
             matched[low[r]] = rest[c]
 
         for i, j in matched.items():
-            tracks[j].observe(instances[i], centroid[i], stamp)
+            tracks[j].observe(instances[i], centroid[i], stamp, dets.masks[i])
         taken = set(matched.values())
         survivors = [t for j, t in enumerate(tracks) if j in taken or t.track_id]  # a tentative track dies at a miss
         # births: unmatched high-score detections; contested when a confirmed track they match went elsewhere
@@ -328,7 +485,8 @@ class Tracker:
                 continue
             contested = any(tracks[j].track_id and j in stage1_taken and sim1[r, j] >= cfg.min_similarity
                             for j in range(len(tracks)))
-            births.append((i, _Track(self._next_serial, instances[i], centroid[i], stamp, contested=contested)))
+            births.append((i, _Track(self._next_serial, instances[i], centroid[i], stamp, contested=contested,
+                                     masks=dets.masks[i])))
             self._next_serial += 1
         self._tracks = survivors + [t for _, t in births]
         for t in self._tracks:  # confirmation in birth order, so ids follow the order objects appeared
