@@ -386,6 +386,111 @@ def test_support_boxes_of_large_clouds_keep_their_hull():
             np.testing.assert_allclose(a, b, atol=1e-5)
 
 
+def plain_hull_candidates(p: np.ndarray) -> np.ndarray:
+    """The Akl-Toussaint filter with whole-array temporaries: the reference of the in-place one."""
+    x, y = p[:, 0], p[:, 1]
+    s, d = x + y, y - x
+    ext = np.array([x.argmax(), s.argmax(), y.argmax(), d.argmax(), x.argmin(), s.argmin(), y.argmin(), d.argmin()])
+    poly = p[ext]
+    tol = 1e-12 * max(1.0, float(np.abs(p).max()))
+    keep = np.zeros(p.shape[0], bool)
+    edges = 0
+    for i in range(8):
+        a, b = poly[i], poly[(i + 1) % 8]
+        ex, ey = b[0] - a[0], b[1] - a[1]
+        if ex == 0 and ey == 0:
+            continue
+        keep |= ex * (y - a[1]) - ey * (x - a[0]) <= tol
+        edges += 1
+    if edges < 3:
+        return np.ones(p.shape[0], bool)
+    keep[ext] = True
+    return keep
+
+
+def plain_support_boxes(points_list, plane):
+    """support_boxes over all clouds at once (one [3, M] projection, the plain filter): the reference of the
+    per-cloud implementation with reused work rows."""
+    import cv2
+
+    from instance_seg_ros.core.geometry import _orthonormal_basis
+
+    n = np.asarray(plane.normal, np.float64)
+    out = [None] * len(points_list)
+    counts = np.array([len(p) for p in points_list])
+    if counts.sum() == 0:
+        return out
+    xyz = np.concatenate([np.asarray(p).reshape(-1, 3).T for p in points_list], axis=1).astype(np.float32)
+    finite = np.isfinite(xyz).all(axis=0)
+    counts = np.bincount(np.repeat(np.arange(len(points_list)), counts)[finite], minlength=len(points_list))
+    xyz = xyz[:, finite]
+    u, v = _orthonormal_basis(n[None])
+    basis = np.stack([u[0], v[0], n], axis=1)
+    b32 = basis.astype(np.float32)
+    uvn = [xyz[0] * b32[0, k] + xyz[1] * b32[1, k] + xyz[2] * b32[2, k] for k in range(3)]
+    starts = np.concatenate([[0], np.cumsum(counts)])
+    for i, (a, b) in enumerate(zip(starts[:-1], starts[1:], strict=True)):
+        if b - a < 3:
+            continue
+        foot = np.stack([uvn[0][a:b], uvn[1][a:b]], axis=1)
+        if b - a > 1024:
+            foot = foot[plain_hull_candidates(foot)]
+        (ca, cb), (w, h), deg = cv2.minAreaRect(foot)
+        lo, hi = float(uvn[2][a:b].min()), float(uvn[2][a:b].max())
+        angle = math.radians(deg) + (0.0 if w >= h else math.pi / 2)
+        x3 = math.cos(angle) * u[0] + math.sin(angle) * v[0]
+        if x3[np.argmax(np.abs(x3))] < 0:
+            angle += math.pi
+        size = np.array([max(w, h), min(w, h), hi - lo])
+        center = basis @ np.array([ca, cb, (lo + hi) / 2.0])
+        R = basis @ np.array([[math.cos(angle), -math.sin(angle), 0], [math.sin(angle), math.cos(angle), 0], [0, 0, 1]])
+        out[i] = (center, matrix_to_quaternion(R), size)
+    return out
+
+
+def test_hull_candidates_in_place_equal_the_plain_filter():
+    from instance_seg_ros.core.geometry import _hull_candidates
+
+    rng = np.random.default_rng(27)
+    clouds = [rng.normal(size=(n, 2)) * rng.uniform(0.01, 3, 2) + rng.uniform(-2, 2, 2) for n in (1, 5, 100, 5000)]
+    clouds += [np.zeros((40, 2)), np.outer(rng.uniform(0, 1, 300), [0.3, -0.7]), np.round(rng.uniform(0, 9, (999, 2)))]
+    for p in clouds:
+        for dtype in (np.float32, np.float64):
+            q = p.astype(dtype)
+            np.testing.assert_array_equal(_hull_candidates(q), plain_hull_candidates(q))
+
+
+def test_support_boxes_equal_the_plain_all_clouds_implementation():
+    """Per cloud in reused work rows: the same boxes as projecting all clouds at once (same float32 arithmetic, the
+    same footprint points for cv2.minAreaRect), for large, small, degenerate, float64 and non-finite clouds."""
+    rng = np.random.default_rng(28)
+    clouds = []
+    for n in (3000, 1025, 1024, 40, 3):
+        clouds.append(box_on_table(rng, np.array([0.2, 0.1, 0.05]), rng.uniform(-3, 3), rng.uniform(-0.3, 0.3, 2),
+                                   n=n)[0])
+    clouds[0] = clouds[0].astype(np.float32)
+    blob = rng.normal(-TABLE.offset * TABLE.normal, 0.05, (4000, 3))
+    blob[rng.integers(0, 4000, 30), rng.integers(0, 3, 30)] = np.nan
+    blob[5, 1] = np.inf
+    line = -TABLE.offset * TABLE.normal + np.linspace(0, 0.2, 2000)[:, None] * table_axes(TABLE.normal, 0.3)[:, 0]
+    clouds += [blob.astype(np.float32), line, np.zeros((0, 3)), np.full((4, 3), np.nan), np.asfortranarray(blob)]
+    got, ref = support_boxes(clouds, TABLE), plain_support_boxes(clouds, TABLE)
+    for g, r in zip(got, ref, strict=True):
+        assert (g is None) == (r is None)
+        if g is not None:
+            for a, b in zip(g, r, strict=True):
+                np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-15)
+
+
+def test_centroid_skips_non_finite_rows():
+    rng = np.random.default_rng(29)
+    p = rng.normal(size=(1000, 3)).astype(np.float32)
+    p[[3, 70, 500], [0, 2, 1]] = [np.nan, np.inf, -np.inf]
+    np.testing.assert_allclose(centroid(p), np.delete(p, [3, 70, 500], axis=0).astype(np.float64).mean(axis=0),
+                               rtol=1e-12)
+    np.testing.assert_array_equal(centroid(np.full((5, 3), np.nan, np.float32)), [0, 0, 0])
+
+
 def test_support_boxes_speed():
     rng = np.random.default_rng(24)
     clouds = [box_on_table(rng, np.array([0.15, 0.08, 0.1]), rng.uniform(0, 3), rng.uniform(-0.3, 0.3, 2),

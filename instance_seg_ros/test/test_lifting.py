@@ -302,6 +302,77 @@ def test_torch_and_numpy_inputs_agree(erode):
     np.testing.assert_array_equal(cols, cols_np)
 
 
+def plain_valid(d: np.ndarray, dmin: float, dmax: float, thr: float) -> tuple[np.ndarray, np.ndarray]:
+    """(in_range, valid) by the plain whole-image formula: the reference of the banded numpy backend."""
+    with np.errstate(invalid="ignore"):
+        in_range = np.isfinite(d) & (d > 0) & (d >= dmin) & (d <= dmax)
+        fly = np.zeros_like(in_range)
+        if thr > 0:
+            dx = np.abs(d[:, 1:] - d[:, :-1])
+            fly[:, :-1] |= dx > thr * d[:, :-1]
+            fly[:, 1:] |= dx > thr * d[:, 1:]
+            dy = np.abs(d[1:, :] - d[:-1, :])
+            fly[:-1, :] |= dy > thr * d[:-1, :]
+            fly[1:, :] |= dy > thr * d[1:, :]
+    return in_range, in_range & ~fly
+
+
+def plain_lift(depth, masks, color, K, dmin, dmax, thr, erode) -> list[tuple]:
+    """Per mask over the whole image with flat pixel indices (the reference of the per-box numpy backend):
+    (points, colors, mask pixels, covered pixels)."""
+    d = np.asarray(depth, np.float32)
+    in_range, valid = plain_valid(d, dmin, dmax, thr)
+    me = lifting._erode_np(masks, erode) if erode else masks
+    out = []
+    for i in range(masks.shape[0]):
+        pix = np.flatnonzero(me[i] & valid)
+        pts = lifting._project(pix, d.reshape(-1)[pix], d.shape[1], K, np)
+        cols = np.ascontiguousarray(color).reshape(-1, 3)[pix] if color is not None else None
+        out.append((pts, cols, int(masks[i].sum()), int((masks[i] & in_range).sum())))
+    return out
+
+
+@pytest.mark.parametrize("chunk", [1, 700, 32768])
+def test_per_box_numpy_backend_equals_the_plain_whole_image_lift(monkeypatch, chunk):
+    """The numpy backend works per mask box on validity computed in bands of rows: the same points (bit for bit,
+    same order), colors and statistics as lifting every mask over the whole image."""
+    monkeypatch.setattr(lifting, "_VALID_CHUNK", chunk)
+    rng = np.random.default_rng(11)
+    h, w = 37, 53
+    k = Intrinsics(60.0, 55.0, 26.0, 18.5, w, h)
+    for trial in range(40):
+        depth = np.repeat(np.repeat(rng.uniform(0.05, 6.0, (h // 4 + 1, w // 4 + 1)), 4, 0), 4, 1)[:h, :w]
+        depth = (depth + rng.normal(0, 0.01, depth.shape)).astype(np.float32)
+        r = rng.random(depth.shape)
+        depth[r < 0.1], depth[(r > 0.1) & (r < 0.12)], depth[(r > 0.12) & (r < 0.13)] = np.nan, 0.0, np.inf
+        depth[(r > 0.13) & (r < 0.14)] = -1.0
+        if trial % 10 == 9:
+            depth[:] = np.nan
+        masks = np.zeros((5, h, w), bool)
+        masks[0, 0:9, 40:] = True  # touches the top and right borders
+        masks[1] = rng.random((h, w)) < 0.3  # scattered: its box is (nearly) the image
+        y0, x0 = rng.integers(0, h - 1), rng.integers(0, w - 1)
+        masks[2, y0 : rng.integers(y0 + 1, h + 1), x0 : rng.integers(x0 + 1, w + 1)] = True
+        masks[3, h - 1, 0] = True  # one pixel in a corner
+        # masks[4]: empty
+        rgba = rng.integers(0, 256, (h, w, 4), dtype=np.uint8)
+        color = [None, rgba[..., :3], rgba[..., 2::-1], np.ascontiguousarray(rgba[..., :3])][trial % 4]
+        dmin, thr, erode = [0.0, 0.1, 0.5][trial % 3], [0.0, 0.03, 0.2][trial % 3 - 1], [0, 1, 3][trial % 3 - 2]
+        got = lift_instances(depth.astype(np.float64) if trial % 5 == 0 else depth, masks, k, color=color,
+                             depth_min=dmin, depth_max=5.0, flying_pixel_threshold=thr, erode_px=erode)
+        ref = plain_lift(depth, masks, color, k, dmin, 5.0, thr, erode)
+        for cloud, (pts, cols, npx, ncov) in zip(got, ref, strict=True):
+            np.testing.assert_array_equal(cloud.points, pts)
+            np.testing.assert_array_equal(cloud.colors, cols)
+            assert cloud.n_mask_pixels == npx
+            assert cloud.depth_coverage == (ncov / npx if npx else 0.0)
+        for thr in (0.0, 0.05):
+            np.testing.assert_array_equal(
+                valid_depth_mask(depth, depth_min=dmin, depth_max=5.0, flying_pixel_threshold=thr),
+                plain_valid(depth, dmin, 5.0, thr)[1],
+            )
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_cuda_masks_computed_on_device():
     depth, masks, color = random_scene()

@@ -70,12 +70,18 @@ def centroid(points: np.ndarray) -> np.ndarray:
     p = np.asarray(points)
     if p.ndim != 2 or p.shape[1] != 3 or p.shape[0] == 0:
         return _points(p).mean(axis=0) if p.size else np.zeros(3, np.float64)  # the shape error, or zeros
-    if p.dtype.kind == "f" and not np.isfinite(p).all():  # checked in the cloud's own dtype: no float64 copy
-        p = p[np.isfinite(p).all(axis=1)]
-        if p.shape[0] == 0:
-            return np.zeros(3, np.float64)
     # one strided pass per coordinate, summed in float64: ~6x faster than mean(axis=0) over [N, 3] rows
-    return np.array([p[:, k].sum(dtype=np.float64) for k in range(3)]) / p.shape[0]
+    with np.errstate(invalid="ignore", over="ignore"):
+        sums = np.array([p[:, k].sum(dtype=np.float64) for k in range(3)])
+    if p.dtype.kind == "f" and not np.isfinite(sums).all():
+        # a NaN or inf coordinate makes its sum non-finite (so does float64 overflow, rechecked here): drop those rows
+        finite = np.isfinite(p).all(axis=1)
+        if not finite.all():
+            p = p[finite]
+            if p.shape[0] == 0:
+                return np.zeros(3, np.float64)
+            sums = np.array([p[:, k].sum(dtype=np.float64) for k in range(3)])
+    return sums / p.shape[0]
 
 
 # ---------------------------------------------------------------------------------------- quaternions
@@ -158,23 +164,48 @@ def box_corners(center: np.ndarray, quat: np.ndarray, size: np.ndarray) -> np.nd
 def _hull_candidates(p: np.ndarray) -> np.ndarray:
     """Akl-Toussaint: bool [N], False for the points of ``p`` [N, 2] strictly inside the polygon of its extreme
     points in 8 directions (they cannot be vertices of the convex hull); computed in ``p``'s dtype."""
-    x, y = p[:, 0], p[:, 1]
-    s, d = x + y, y - x
+    n = p.shape[0]
+    return _octagon_keep(p[:, 0], p[:, 1], np.empty((2, n), p.dtype), np.empty((2, n), bool))
+
+
+_NEXT = np.array([1, 2, 3, 4, 5, 6, 7, 0])  # the next extreme point of each, counter-clockwise
+
+
+def _octagon_keep(x: np.ndarray, y: np.ndarray, fbuf: np.ndarray, bbuf: np.ndarray) -> np.ndarray:
+    """:func:`_hull_candidates` of the points ``(x[i], y[i])`` (two [N] arrays of one dtype), computed in place in the
+    work arrays ``fbuf`` [2, >= N] of that dtype and ``bbuf`` [2, >= N] bool (no fresh temporaries: a few passes over
+    memory that stays in cache); the result is a view into ``bbuf``."""
+    n = x.shape[0]
+    t1, t2 = fbuf[0, :n], fbuf[1, :n]
+    keep, c = bbuf[0, :n], bbuf[1, :n]
     # extreme points in the directions (1, 0), (1, 1), (0, 1), (-1, 1) and their opposites: counter-clockwise
+    s = np.add(x, y, out=t1)
+    d = np.subtract(y, x, out=t2)
     ext = np.array([x.argmax(), s.argmax(), y.argmax(), d.argmax(), x.argmin(), s.argmin(), y.argmin(), d.argmin()])
-    poly = p[ext]
-    tol = 1e-12 * max(1.0, float(np.abs(p).max()))
-    keep = np.zeros(p.shape[0], bool)
+    px, py = x[ext], y[ext]
+    ex, ey = px[_NEXT] - px, py[_NEXT] - py  # edge vectors, in the points' dtype
+    # as Python floats (exact): numpy then computes in the arrays' dtype, without the overhead of numpy scalars
+    px, py, ex, ey = px.tolist(), py.tolist(), ex.tolist(), ey.tolist()
+    # max |coordinate|: the extremes of x and y hold it
+    tol = 1e-12 * max(1.0, abs(px[0]), abs(px[4]), abs(py[2]), abs(py[6]))
     edges = 0
-    for i in range(len(poly)):
-        a, b = poly[i], poly[(i + 1) % len(poly)]
-        ex, ey = b[0] - a[0], b[1] - a[1]
-        if ex == 0 and ey == 0:  # the same extreme point in two directions
+    for ax, ay, vx, vy in zip(px, py, ex, ey, strict=True):
+        if vx == 0 and vy == 0:  # the same extreme point in two directions
             continue
-        keep |= ex * (y - a[1]) - ey * (x - a[0]) <= tol
+        # keep |= vx * (y - ay) - vy * (x - ax) <= tol
+        np.subtract(y, ay, out=t1)
+        np.multiply(vx, t1, out=t1)
+        np.subtract(x, ax, out=t2)
+        np.multiply(vy, t2, out=t2)
+        np.subtract(t1, t2, out=t1)
+        if edges == 0:
+            np.less_equal(t1, tol, out=keep)
+        else:
+            keep |= np.less_equal(t1, tol, out=c)
         edges += 1
     if edges < 3:  # the extreme points are collinear (or one point): no inside
-        return np.ones(p.shape[0], bool)
+        keep[:] = True
+        return keep
     keep[ext] = True
     return keep
 
@@ -403,6 +434,8 @@ Box = tuple[np.ndarray, np.ndarray, np.ndarray]
 # hull sorts pointers to the points: measured break-even at ~1,000 points, 4x faster at 4,000 (most of a box's
 # footprint is inside the octagon)
 _RECT_PREFILTER = 1024
+# clouds are projected in groups of up to this many points (fewer numpy calls for many small clouds)
+_GROUP = 16384
 
 
 def _cloud(points: np.ndarray, i: int) -> np.ndarray:
@@ -420,8 +453,9 @@ def support_boxes(points_list: Sequence[np.ndarray], plane: SupportPlane) -> lis
     Each cloud is projected onto the plane; the box's footprint is the minimum-area rectangle of the projection
     (rotating calipers on its 2D convex hull, ``cv2.minAreaRect``; a footprint of more than 1,024 points first drops
     those inside the octagon of its extreme points) and its height the span of the points' heights above the plane
-    (lowest to highest point, not down to the plane). Projection, extents and quaternions are vectorized over all
-    clouds; the rectangle search is one C call per cloud. Computed in float32 (sub-micrometre in the camera frame).
+    (lowest to highest point, not down to the plane). Projection and extents take a few numpy passes per group of
+    clouds in reused work rows, the octagon a few per large cloud, the rectangle search one C call per cloud; the
+    quaternions are vectorized over all clouds. Computed in float32 (sub-micrometre in the camera frame).
 
     Args:
         points_list: one np.ndarray[N_i, 3] float per instance (meters, camera optical frame; rows with a
@@ -448,52 +482,75 @@ def support_boxes(points_list: Sequence[np.ndarray], plane: SupportPlane) -> lis
         raise ValueError(f"plane.normal must be a finite unit vector [3], got {plane.normal!r}.")
     clouds = [_cloud(p, i) for i, p in enumerate(points_list)]
     out: list[Box | None] = [None] * len(clouds)
-    counts = np.array([c.shape[0] for c in clouds], np.int64)
-    if counts.sum() == 0:
+    big = max((c.shape[0] for c in clouds), default=0)
+    if big < 3:
         return out
-    # float32 throughout (what lifting gives; cv2 needs it): in the camera frame (a few metres) that resolves
-    # < 1 micrometre. Coordinates as rows [3, M]: the projections below are then passes over contiguous memory (no
-    # BLAS: a [M, 3] x [3, 3] product gains nothing from its threads, and they stall for tens of ms on a busy CPU)
-    xyz = np.concatenate([c.T for c in clouds], axis=1).astype(np.float32, copy=False)
-    if not np.isfinite(xyz).all():
-        finite = np.isfinite(xyz).all(axis=0)
-        counts = np.bincount(np.repeat(np.arange(len(clouds)), counts)[finite], minlength=len(clouds))
-        xyz = xyz[:, finite]
-    boxed = np.flatnonzero(counts >= 3)
-    if boxed.size == 0:
-        return out
-    if boxed.size < len(clouds):
-        xyz = xyz[:, np.repeat(counts >= 3, counts)]
-    cnt = counts[boxed]
-    starts = np.concatenate([[0], np.cumsum(cnt)[:-1]])
     u, v = _orthonormal_basis(n[None])
     basis = np.stack([u[0], v[0], n], axis=1)  # columns u, v, n: right-handed
     b32 = basis.astype(np.float32)
-
-    def along(k: int) -> np.ndarray:  # [M] float32: each point's coordinate along basis[:, k]
-        r = xyz[0] * b32[0, k]
-        r += xyz[1] * b32[1, k]
-        r += xyz[2] * b32[2, k]
-        return r
-
-    ab = np.empty((xyz.shape[1], 2), np.float32)  # footprint coordinates, [M, 2] rows as cv2 takes them
-    ab[:, 0], ab[:, 1] = along(0), along(1)
-    up = along(2)  # n · p = height - offset
-    rects = np.empty((len(cnt), 5))
-    for j, (s, c) in enumerate(zip(starts.tolist(), cnt.tolist(), strict=True)):
-        foot = ab[s : s + c]
-        if c > _RECT_PREFILTER:
-            foot = foot[_hull_candidates(foot)]
-        (ca, cb), (w, h), deg = cv2.minAreaRect(foot)
-        rects[j] = ca, cb, w, h, deg
+    # float32 throughout (what lifting gives; cv2 needs it): in the camera frame (a few metres) that resolves
+    # < 1 micrometre. Clouds in groups of up to _GROUP points (a large cloud alone), in work rows reused from group to
+    # group (no frame-sized temporaries: their page faults cost more than the arithmetic), as contiguous rows: every
+    # step is one numpy call over contiguous memory (no BLAS: a [M, 3] x [3, 3] product gains nothing from its
+    # threads, and they stall for tens of ms on a busy CPU).
+    # Rows 0-2: the group's x, y, z (then the octagon's scratch); 3-5: u, v (the footprint), n · p; 6: scratch
+    work = np.empty((7, max(big, min(_GROUP, sum(c.shape[0] for c in clouds)))), np.float32)
+    flags = np.empty((2, big), bool) if big > _RECT_PREFILTER else None
+    boxed: list[int] = []
+    rects, lo, hi = [], [], []
+    i0 = 0
+    with np.errstate(invalid="ignore", over="ignore"):  # non-finite points are dropped below
+        while i0 < len(clouds):
+            i1, total = i0 + 1, clouds[i0].shape[0]
+            while i1 < len(clouds) and total + clouds[i1].shape[0] <= _GROUP:
+                total += clouds[i1].shape[0]
+                i1 += 1
+            group, first = clouds[i0:i1], i0
+            i0 = i1
+            if total < 3:
+                continue
+            xyz, uvn, t = work[0:3, :total], work[3:6, :total], work[6, :total]
+            np.concatenate([p.T for p in group], axis=1, out=xyz, casting="unsafe")  # = astype(float32)
+            x, y, z = xyz
+            for k in range(3):  # coordinate along basis[:, k]: x * b0k + y * b1k + z * b2k
+                r = np.multiply(x, b32[0, k], out=uvn[k])
+                r += np.multiply(y, b32[1, k], out=t)
+                r += np.multiply(z, b32[2, k], out=t)
+            # each cloud's rows and height range; a non-finite coordinate makes its point's height NaN or inf
+            feet = []  # (cloud index, [2, c] footprint rows, lowest, highest height)
+            finite = math.isfinite(uvn[2].sum())
+            start = 0
+            for i, p in enumerate(group, first):
+                rows = slice(start, start + p.shape[0])
+                start += p.shape[0]
+                if p.shape[0] < 3:
+                    continue
+                fab, up = uvn[0:2, rows], uvn[2, rows]
+                if not finite:  # drop the points with a non-finite coordinate
+                    keep = np.isfinite(xyz[:, rows]).all(axis=0)
+                    fab, up = np.compress(keep, fab, axis=1), up[keep]
+                    if up.shape[0] < 3:
+                        continue
+                feet.append((i, fab, up.min(), up.max()))
+            for i, fab, low, high in feet:  # rows 0 and 1 are free now: the octagon's scratch
+                boxed.append(i)
+                lo.append(low)
+                hi.append(high)
+                if fab.shape[1] > _RECT_PREFILTER:
+                    fab = np.compress(_octagon_keep(fab[0], fab[1], work[0:2], flags), fab, axis=1)
+                (ca, cb), (w, h), deg = cv2.minAreaRect(fab.T.copy())  # [c, 2] rows as cv2 takes them
+                rects.append((ca, cb, w, h, deg))
+    if not boxed:
+        return out
+    rects = np.array(rects, np.float64).reshape(-1, 5)
+    lo, hi = np.array(lo, np.float64), np.array(hi, np.float64)
     # cv::RotatedRect: the side of length w runs along (cos, sin) of its angle, h perpendicular to it; x = the longer
     w, h = rects[:, 2], rects[:, 3]
     angle = np.radians(rects[:, 4]) + np.where(w >= h, 0.0, math.pi / 2)
     x3 = np.cos(angle)[:, None] * u + np.sin(angle)[:, None] * v
     # sign as oriented_box's axes: largest-magnitude component positive
-    flip = np.take_along_axis(x3, np.argmax(np.abs(x3), axis=1)[:, None], axis=1)[:, 0] < 0
+    flip = x3[np.arange(len(x3)), np.argmax(np.abs(x3), axis=1)] < 0
     angle = np.where(flip, angle + math.pi, angle)
-    lo, hi = np.minimum.reduceat(up, starts).astype(np.float64), np.maximum.reduceat(up, starts).astype(np.float64)
     size = np.stack([np.maximum(w, h), np.minimum(w, h), hi - lo], axis=1)
     center = np.stack([rects[:, 0], rects[:, 1], (lo + hi) / 2.0], axis=1) @ basis.T
     # rotation = basis @ Rz(angle): quaternion product q_basis ⊗ (0, 0, sin(angle / 2), cos(angle / 2))
@@ -502,6 +559,6 @@ def support_boxes(points_list: Sequence[np.ndarray], plane: SupportPlane) -> lis
     quat = np.stack([bx * hc + by * hs, by * hc - bx * hs, bw * hs + bz * hc, bw * hc - bz * hs], axis=1)
     quat /= np.linalg.norm(quat, axis=1, keepdims=True)
     quat[quat[:, 3] < 0] *= -1.0
-    for j, k in enumerate(boxed.tolist()):
+    for j, k in enumerate(boxed):
         out[k] = (center[j], quat[j], size[j])
     return out

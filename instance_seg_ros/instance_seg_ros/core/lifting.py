@@ -7,7 +7,9 @@ flying pixels) never becomes a point.
 
 :func:`lift_instances` works on torch tensors on the masks' device (CUDA included): one validity
 mask, one batched erosion, one ``nonzero`` over all instances, one projection; only the final
-points, colors and per-instance counts travel to the host. Mask boxes and crops are :mod:`.masks`'s.
+points, colors and per-instance counts travel to the host. On the host (numpy) each mask is lifted
+inside its own box, from a validity mask computed in bands of rows. Mask boxes and crops are
+:mod:`.masks`'s.
 """
 
 from __future__ import annotations
@@ -130,21 +132,73 @@ def _masks_torch(masks: Any, device: torch.device) -> torch.Tensor:
     return m
 
 
+# rows of about this many pixels at a time: the work arrays stay small (a fresh multi-megabyte temporary costs its
+# page faults on every call) and in cache
+_VALID_CHUNK = 32768
+
+
+def _valid_rows(
+    d: np.ndarray, y0: int, y1: int, depth_min: float, depth_max: float, thr: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """(in_range, valid) bool [y1 - y0, W] of the image rows ``y0:y1``: the rows of :func:`_valid_np`.
+
+    Bands of whole rows with reused work arrays, each step one numpy call over a contiguous 1D run of pixels: the
+    horizontal neighbours are ``i`` and ``i + 1`` (NaN'd where a row wraps to the next one), the vertical ones
+    ``i`` and ``i + W``.
+    """
+    h, w = d.shape
+    in_range = np.empty((y1 - y0, w), bool)
+    valid = np.empty_like(in_range) if thr > 0 else in_range
+    if in_range.size == 0:
+        return in_range, valid
+    step = max(1, _VALID_CHUNK // w)
+    n = (min(step, y1 - y0) + 2) * w
+    td = np.result_type(thr, d)  # the dtype of thr * d (a Python float keeps float32)
+    t_buf = np.empty(n, td)
+    dx_buf = np.empty(n, d.dtype)
+    f_buf = np.empty(n, bool)
+    c_buf = np.empty(n, bool)
+    check_pos = not depth_min > 1e-30  # else d >= depth_min > 0 implies d > 0
+    with np.errstate(invalid="ignore"):
+        for a in range(y0, y1, step):
+            b = min(a + step, y1)
+            ir = in_range[a - y0 : b - y0].reshape(-1)
+            di = d[a:b].reshape(-1)
+            # finite, > 0, in range: NaN compares False, +-inf fall outside the finite range
+            np.greater_equal(di, depth_min, out=ir)
+            c = c_buf[: ir.size]
+            ir &= np.less_equal(di, depth_max, out=c)
+            if check_pos:
+                ir &= np.greater(di, 0, out=c)
+            if thr <= 0:
+                continue
+            ga, gb = max(a - 1, 0), min(b + 1, h)
+            dd = d[ga:gb].reshape(-1)  # rows ga:gb, one more on each side for the vertical neighbours
+            m = dd.size
+            t = np.multiply(thr, dd, out=t_buf[:m])
+            fly = f_buf[:m]
+            # a NaN neighbour compares False: holes are not discontinuities we can measure
+            dx = np.subtract(dd[1:], dd[:-1], out=dx_buf[: m - 1])
+            np.abs(dx, out=dx)
+            dx[w - 1 :: w] = np.nan  # pairs across a row end are no neighbours
+            np.greater(dx, t[:-1], out=fly[:-1])
+            fly[-1] = False
+            c = c_buf[: m - 1]
+            fly[1:] |= np.greater(dx, t[1:], out=c)
+            if m > w:
+                dy = np.subtract(dd[w:], dd[:-w], out=dx_buf[: m - w])
+                np.abs(dy, out=dy)
+                c = c_buf[: m - w]
+                fly[:-w] |= np.greater(dy, t[:-w], out=c)
+                fly[w:] |= np.greater(dy, t[w:], out=c)
+            # valid = in range and not flying
+            np.greater(ir, fly[(a - ga) * w : (b - ga) * w], out=valid[a - y0 : b - y0].reshape(-1))
+    return in_range, valid
+
+
 def _valid_np(d: np.ndarray, depth_min: float, depth_max: float, thr: float) -> tuple[np.ndarray, np.ndarray]:
     """(in_range [H, W], valid [H, W]) bool; valid = in range and not a flying pixel."""
-    with np.errstate(invalid="ignore"):
-        in_range = np.isfinite(d) & (d > 0) & (d >= depth_min) & (d <= depth_max)
-        if thr <= 0:
-            return in_range, in_range
-        fly = np.zeros_like(in_range)
-        # a NaN neighbour compares False: holes are not discontinuities we can measure
-        dx = np.abs(d[:, 1:] - d[:, :-1])
-        fly[:, :-1] |= dx > thr * d[:, :-1]
-        fly[:, 1:] |= dx > thr * d[:, 1:]
-        dy = np.abs(d[1:, :] - d[:-1, :])
-        fly[:-1, :] |= dy > thr * d[:-1, :]
-        fly[1:, :] |= dy > thr * d[1:, :]
-    return in_range, in_range & ~fly
+    return _valid_rows(d, 0, d.shape[0], depth_min, depth_max, thr)
 
 
 def _valid_torch(d: torch.Tensor, depth_min: float, depth_max: float, thr: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -302,32 +356,73 @@ def _project(pix: Any, z: Any, w: int, K: Intrinsics, xp: Any) -> Any:
 def _lift_np(
     d: np.ndarray, m: np.ndarray, c: np.ndarray | None, K: Intrinsics, dmin: float, dmax: float, thr: float, px: int
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
-    """numpy backend: (stats [3, N] = mask pixels, covered pixels, points; points [M, 3]; colors)."""
+    """numpy backend: (stats [3, N] = mask pixels, covered pixels, points; points [M, 3]; colors).
+
+    Each mask is handled inside its own tight box (grown by the erosion radius to erode it), so the work scales with
+    the masks' boxes, not N times their union; the depth validity is computed once, over the rows the boxes span.
+    Points come out as :func:`_project` makes them (same float32 operations), grouped by instance, row-major.
+    """
     n, h, w = m.shape
-    in_range, valid = _valid_np(d, dmin, dmax, thr)
-    # all work happens inside the union box of the masks (grown by the erosion radius)
-    rows = np.flatnonzero(m.any(axis=(0, 2)))
     stats = np.zeros((3, n), np.int64)
-    if rows.size == 0:
+    occ = m.any(axis=2)  # [N, H]
+    full = np.flatnonzero(occ.any(axis=1))
+    if full.size == 0:
         return stats, np.zeros((0, 3), np.float32), (np.zeros((0, 3), np.uint8) if c is not None else None)
-    cols = np.flatnonzero(m[:, rows[0] : rows[-1] + 1].any(axis=(0, 1)))
-    y0, y1 = max(rows[0] - px, 0), min(rows[-1] + 1 + px, h)
-    x0, x1 = max(cols[0] - px, 0), min(cols[-1] + 1 + px, w)
-    mc = m[:, y0:y1, x0:x1]
-    hc, wc = y1 - y0, x1 - x0
-    stats[0] = np.count_nonzero(mc, axis=(1, 2))
-    stats[1] = np.count_nonzero(mc & in_range[y0:y1, x0:x1], axis=(1, 2))
-    me = _erode_np(mc, px) if px > 0 else mc
-    sel = me & valid[y0:y1, x0:x1]
-    f = np.flatnonzero(sel)  # sorted: grouped by instance, row-major inside each
-    bounds = np.searchsorted(f, np.arange(n + 1) * (hc * wc))
-    stats[2] = np.diff(bounds)
-    inst = np.repeat(np.arange(n), stats[2])
-    local = f - inst * (hc * wc)
-    lv = local // wc
-    pix = (lv + y0) * w + (local - lv * wc + x0)  # flat index in the full image
-    pts = _project(pix, d.reshape(-1)[pix], w, K, np)
-    cols_out = np.ascontiguousarray(c).reshape(-1, 3)[pix] if c is not None else None
+    occ = occ[full]
+    ys0 = occ.argmax(axis=1)
+    ys1 = h - occ[:, ::-1].argmax(axis=1)
+    boxes = []  # (i, y0, y1, x0, x1) tight box of each non-empty mask
+    for i, y0, y1 in zip(full.tolist(), ys0.tolist(), ys1.tolist(), strict=True):
+        cols = m[i, y0:y1].any(axis=0)
+        boxes.append((i, y0, y1, int(cols.argmax()), w - int(cols[::-1].argmax())))
+    # depth validity of the rows the boxes span (whole rows: contiguous passes beat skipping a few columns)
+    uy0, uy1 = min(bx[1] for bx in boxes), max(bx[2] for bx in boxes)
+    in_range, valid = _valid_rows(d, uy0, uy1, dmin, dmax, thr)
+    sels = []
+    for i, y0, y1, x0, x1 in boxes:
+        mb = m[i, y0:y1, x0:x1]
+        ir = in_range[y0 - uy0 : y1 - uy0, x0:x1]
+        stats[0, i] = np.count_nonzero(mb)
+        stats[1, i] = np.count_nonzero(mb & ir)
+        if px > 0:  # erode inside the box grown by the radius: the same as eroding the whole mask, then cropping
+            ey0, ey1, ex0, ex1 = max(y0 - px, 0), min(y1 + px, h), max(x0 - px, 0), min(x1 + px, w)
+            mb = _erode_np(m[i, ey0:ey1, ex0:ex1], px)[y0 - ey0 : y1 - ey0, x0 - ex0 : x1 - ex0]
+        sel = mb & valid[y0 - uy0 : y1 - uy0, x0:x1]
+        stats[2, i] = np.count_nonzero(sel)
+        sels.append(sel)
+    total = int(stats[2].sum())
+    pts = np.empty((total, 3), np.float32)
+    cols_out = np.empty((total, 3), np.uint8) if c is not None else None
+    if total == 0:
+        return stats, pts, cols_out
+    # the gathers below are boolean masks of 2D views (row-major, no index arrays): depth, (u - cx) and (v - cy) as
+    # _project computes them (float32), and the color pixels as 3-byte items
+    z32 = d if d.dtype == np.float32 else d.astype(np.float32)
+    ucx = np.arange(w).astype(np.float32) - np.float32(K.cx)
+    vcy = np.arange(h).astype(np.float32) - np.float32(K.cy)
+    fx, fy = np.float32(K.fx), np.float32(K.fy)
+    if c is not None:
+        if c.strides[-1] != 1:
+            c = np.ascontiguousarray(c)
+        cv = c.view(np.dtype((np.void, 3)))[..., 0]  # [H, W] items of 3 bytes
+        cv_out = cols_out.view(np.dtype((np.void, 3)))[:, 0]
+    tmp = np.empty(int(stats[2].max()), np.float32)
+    o = 0
+    for (i, y0, y1, x0, x1), sel in zip(boxes, sels, strict=True):
+        k = int(stats[2, i])
+        if k == 0:
+            continue
+        seg = pts[o : o + k]
+        z = z32[y0:y1, x0:x1][sel]
+        t = tmp[:k]
+        np.divide(z, fx, out=t)
+        np.multiply(np.broadcast_to(ucx[x0:x1], sel.shape)[sel], t, out=seg[:, 0])
+        np.divide(z, fy, out=t)
+        np.multiply(np.broadcast_to(vcy[y0:y1, None], sel.shape)[sel], t, out=seg[:, 1])
+        seg[:, 2] = z
+        if c is not None:
+            cv_out[o : o + k] = cv[y0:y1, x0:x1][sel]
+        o += k
     return stats, pts, cols_out
 
 
