@@ -230,8 +230,8 @@ def mask_ownership_keep(
         boxes (Tensor[N, 4] float): their boxes in image pixels.
         scores (Tensor[N] float): detection scores.
         threshold: in [0, 1]; 1 keeps every detection (overlaps are still given to one owner).
-        inplace: when every detection is kept, settle the overlaps in ``masks`` itself instead of a copy (for a
-            caller that owns ``masks``).
+        inplace: settle the overlaps in ``masks`` itself instead of a copy (for a caller that owns ``masks``): the
+            kept masks are moved up to its first rows and the result is a view of them.
 
     Returns:
         (kept indices ``Tensor[K]`` long, in the input order; the kept masks ``Tensor[K, H, W]`` bool, disjoint).
@@ -265,7 +265,13 @@ def mask_ownership_keep(
         # drop the lowest-scored loser only, then settle ownership again (its pixels may go back to others)
         alive[int(torch.nonzero(losing)[-1])] = False
     kept = torch.nonzero(alive)[:, 0]
-    out = masks if inplace and len(kept) == n else masks[kept]  # else a copy
+    if inplace:  # the kept rows moved up in place (no new image stack): out is a view of masks' first rows
+        for dst, src in enumerate(kept.tolist()):
+            if dst != src:
+                masks[dst] = masks[src]
+        out = masks[: len(kept)]
+    else:
+        out = masks[kept]  # a copy
     qk = q[kept].reshape(-1, hc, wc)
     # shared pixels: to the higher score x probability there (q is one number per detection and pixel, so the
     # pairwise verdicts agree where three masks meet); where the coarse grid has no probability for either, to the
