@@ -113,8 +113,8 @@ class IdFrame:
 
 
 MOT_KEYS = ("mota", "motp", "idf1", "idp", "idr", "id_switches", "id_switches_per_100", "frames", "gt_objects",
-            "gt_ids", "predictions", "pred_ids", "matches", "misses", "false_positives", "idtp", "idfp", "idfn", "gt_detected",
-            "predictions_on_gt", "idf1_detected")
+            "gt_ids", "predictions", "pred_ids", "matches", "misses", "false_positives", "idtp", "idfp", "idfn",
+            "gt_detected", "predictions_on_gt", "idf1_detected")
 NO_GT_IDS = "ground truth has no identities"
 NO_PRED_IDS = "no prediction carries a track id"
 
