@@ -39,7 +39,6 @@ Example::
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import math
 import time
@@ -109,13 +108,9 @@ class TrackerStats:
 # Geometry of the association
 
 
-def _centroids(instances: Sequence[InstanceResult]) -> tuple[np.ndarray, np.ndarray]:
-    """(float64[N, 3], known bool[N]): a centroid is unknown when it is None, not finite, or all zeros (what the
-    pipeline reports for an instance without depth points)."""
-    return _centroid_array([inst.centroid for inst in instances])
-
-
 def _centroid_array(values: Sequence[np.ndarray | None]) -> tuple[np.ndarray, np.ndarray]:
+    """(float64[N, 3], known bool[N]) of N centroids: a centroid is unknown when it is None, not finite, or all zeros
+    (what the pipeline reports for an instance without depth points)."""
     c = np.array([_NAN3 if v is None else v for v in values], dtype=np.float64).reshape(len(values), 3)
     known = np.isfinite(c).all(axis=1) & (c != 0.0).any(axis=1)
     return c, known
@@ -332,24 +327,12 @@ class _Track:
         dx, dy = round(self.vel_px[0] * h), round(self.vel_px[1] * h)
         return dx, dy, h, self.vel_m is not None and h > 0.0
 
-    def predicted(self, stamp: float, horizon_s: float) -> InstanceResult:
-        """The last observation moved to ``stamp`` at constant velocity (boxes rounded to whole pixels)."""
-        dx, dy, h, moves_3d = self._motion(stamp, horizon_s)
-        if not (dx or dy or moves_3d):
-            return self.obs
-        o = self.obs
-        p = copy.copy(o)  # shallow: the mask crops are shared, only boxes and centroid move
-        p.bbox = (o.bbox[0] + dx, o.bbox[1] + dy, o.bbox[2], o.bbox[3])
-        p.amodal_bbox = (o.amodal_bbox[0] + dx, o.amodal_bbox[1] + dy, o.amodal_bbox[2], o.amodal_bbox[3])
-        if moves_3d:
-            p.centroid = self.centroid + self.vel_m * h
-        return p
-
 
 def _predictions(tracks: Sequence[_Track], stamp: float, horizon_s: float) -> _Geometry:
-    """The :class:`_Geometry` of ``[t.predicted(stamp, horizon_s) for t in tracks]`` without the copies; the masks
-    are the tracks' own (:attr:`_Track.masks`)."""
-    boxes, amodal_boxes, cents, unocc, masks = [], [], [], [], []
+    """The :class:`_Geometry` of the tracks' last observations moved to ``stamp`` at constant velocity (boxes rounded to
+    whole pixels, centroids along their 3D velocity; :meth:`_Track._motion`), without copying the observations; the
+    masks are the tracks' own crops (:attr:`_Track.masks`), unmoved, as the boxes carry them."""
+    boxes, amodal_boxes, cents, masks = [], [], [], []
     for t in tracks:
         o = t.obs
         dx, dy, h, moves_3d = t._motion(stamp, horizon_s)
@@ -361,11 +344,11 @@ def _predictions(tracks: Sequence[_Track], stamp: float, horizon_s: float) -> _G
         boxes.append(box)
         amodal_boxes.append(abox)
         cents.append(t.centroid + t.vel_m * h if moves_3d else o.centroid)
-        unocc.append(o.occlusion <= 0.0 and tuple(box) == tuple(abox))
         if t.masks is None:
             t.masks = _Masks(o)
         masks.append(t.masks)
-    return _Geometry(boxes, amodal_boxes, cents, np.array(unocc, dtype=bool), masks)
+    # both boxes move together: unoccluded as the observation is
+    return _Geometry(boxes, amodal_boxes, cents, _unoccluded([t.obs for t in tracks]), masks)
 
 
 class Tracker:

@@ -127,8 +127,14 @@ def _paste_setup(
     out = torch.zeros((n, k, *image_size), dtype=torch.bool, device=probs.device)
     if n == 0:
         return out, probs, boxes.to(torch.int64).reshape(0, 4)
-    padded, scale = expand_masks(probs, padding=1)
-    return out, padded, expand_boxes(boxes.float(), scale).to(torch.int64)
+    padded, _ = expand_masks(probs, padding=1)
+    return out, padded, _paste_boxes(boxes, probs.shape[-1])
+
+
+def _paste_boxes(boxes: torch.Tensor, m: int) -> torch.Tensor:
+    """``[N, 4]`` int64: the boxes that ``m x m`` RoI masks padded by one pixel are pasted into (torchvision's
+    ``expand_boxes`` by ``(m + 2) / m``); nothing of a mask is pasted outside its box."""
+    return expand_boxes(boxes.float(), (m + 2) / m).to(torch.int64)
 
 
 def paste_masks_thresholded(
@@ -200,16 +206,6 @@ def paste_probs_batched(probs: torch.Tensor, boxes: torch.Tensor, image_size: tu
     return _resize_rois(padded.to(torch.float32), wy, wx)
 
 
-def _extent(any_along: torch.Tensor) -> torch.Tensor:
-    """``[N, 2]`` int64 (first, last + 1) of the True entries of each row of ``any_along`` ``[N, L]`` bool;
-    (0, 0) for a row without any."""
-    n, length = any_along.shape
-    idx = torch.arange(length, device=any_along.device)
-    first = torch.where(any_along, idx, length).min(dim=1).values
-    last = torch.where(any_along, idx + 1, 0).max(dim=1).values
-    return torch.stack([torch.where(last > 0, first, 0), last], dim=1)
-
-
 def mask_ownership_keep(
     masks: torch.Tensor, probs: torch.Tensor, boxes: torch.Tensor, scores: torch.Tensor, threshold: float,
     mask_threshold: float = 0.5, stride: int = 4, inplace: bool = False, _dense: bool = False,
@@ -277,9 +273,7 @@ def mask_ownership_keep(
     # pairwise verdicts agree where three masks meet); where the coarse grid has no probability for either, to the
     # higher-scored detection (the earlier one). On the CPU pair by pair (numpy); elsewhere all at once.
     if out.device.type == "cpu" and not _dense:
-        m = probs.shape[-1]
-        ib = expand_boxes(boxes[kept].float(), (m + 2) / m).to(torch.int64).numpy()  # _paste_setup's boxes
-        _settle_pairs_np(out.numpy(), qk.numpy(), ib, stride)
+        _settle_pairs_np(out.numpy(), qk.numpy(), _paste_boxes(boxes[kept], probs.shape[-1]).numpy(), stride)
     else:
         _settle_dense(out, qk, stride)
     return kept, out
