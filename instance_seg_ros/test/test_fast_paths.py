@@ -19,7 +19,7 @@ from torch import nn
 
 from instance_seg_ros.core.config import Config
 from instance_seg_ros.core.lifting import lift_instances
-from instance_seg_ros.core.model.predictor import paste_masks_batched, paste_masks_thresholded
+from instance_seg_ros.core.model.predictor import paste_masks_batched, paste_masks_thresholded, paste_regions
 from instance_seg_ros.core.pipeline import Segmenter, summarize_masks
 
 CPU_FAST = Path(__file__).resolve().parent.parent / "config" / "cpu_fast.yaml"
@@ -128,6 +128,38 @@ def test_cpu_profile_matches_its_reference(frame, fast_and_reference):
     np.testing.assert_array_equal(res.label_image, expected.label_image)
 
 
+def test_geometric_proposals_run_in_the_worker_beside_the_network(frame, fast_and_reference, monkeypatch):
+    """With ``overlap_proposals`` (the default on accelerators) the predictor gets a callable: the plane and depth
+    clusters computed in the Segmenter's worker thread while the backbone runs; the reference path computes them
+    first. The same boxes and the same instances; the frame's timings carry the wait as ``proposals``."""
+    fast, ref = fast_and_reference
+    assert not fast._overlap(), "on the CPU the proposals run before the network by default"
+    monkeypatch.setattr(fast, "overlap_proposals", True)  # as on an accelerator
+    given = {}
+    for name, seg in (("fast", fast), ("reference", ref)):
+        predict = seg.predictor.predict
+
+        def spy(color, depth, *, extra_proposals=None, _predict=predict, _name=name):
+            given[_name] = extra_proposals
+            return _predict(color, depth, extra_proposals=extra_proposals)
+
+        monkeypatch.setattr(seg.predictor, "predict", spy)
+        res = seg.process(frame.color, frame.depth, frame.intrinsics)
+        assert res.timings["proposals"] >= 0.0
+        if name == "fast":
+            overlapped = res
+        else:
+            _assert_same_instances(overlapped, res)
+    assert callable(given["fast"]) and isinstance(given["reference"], np.ndarray)
+    assert len(given["reference"]) > 0
+    np.testing.assert_array_equal(given["fast"](), given["reference"])  # already computed: returns at once
+    assert fast._pool is not None
+    idle = Segmenter(_profile())
+    worker = idle._worker()
+    idle.release()  # stops the worker thread
+    assert idle._pool is None and worker._shutdown
+
+
 def test_accelerator_code_paths_on_the_cpu_match(frame, fast_and_reference):
     """Channels-last network and batched paste (the CUDA defaults), run on the CPU: IoU >= 0.99, centroids 1 mm."""
     fast, ref = fast_and_reference
@@ -139,14 +171,17 @@ def test_accelerator_code_paths_on_the_cpu_match(frame, fast_and_reference):
     _assert_same_instances(res, ref.process(frame.color, frame.depth, frame.intrinsics))
 
 
-@pytest.mark.parametrize("path", ["host", "device"])
+@pytest.mark.parametrize("path", ["host", "device", "host-regions"])
 def test_mask_summary_paths_equal_the_reference(frame, fast_and_reference, path):
     fast, _ = fast_and_reference
     det = fast.predictor.predict(frame.color, frame.depth)
     # one empty visible mask must be dropped the same way by every path
     masks = det.masks.clone()
     masks[1] = False
-    got = summarize_masks(masks, det.amodal_masks, det.scores, det.labels, path=path)
+    regions = None
+    if path == "host-regions":  # boxes looked for only inside the paste regions
+        path, regions = "host", det.regions
+    got = summarize_masks(masks, det.amodal_masks, det.scores, det.labels, path=path, regions=regions)
     ref = summarize_masks(masks, det.amodal_masks, det.scores, det.labels, path="reference")
     assert got.keep.tolist() == ref.keep.tolist() and 1 not in got.keep.tolist()
     np.testing.assert_array_equal(got.boxes, ref.boxes)
@@ -160,6 +195,24 @@ def test_mask_summary_paths_equal_the_reference(frame, fast_and_reference, path)
     np.testing.assert_array_equal(got.labels, ref.labels)
     with pytest.raises(ValueError, match="path must be one of"):
         summarize_masks(masks, det.amodal_masks, det.scores, det.labels, path="gpu")
+
+
+@pytest.mark.parametrize("paste", ["thresholded", "batched"])
+def test_paste_regions_hold_every_pasted_pixel(paste):
+    """Detections.regions (paste_regions) bound the pasted masks, boxes partly outside the image included."""
+    g = torch.Generator().manual_seed(3)
+    probs = torch.rand(30, 2, 28, 28, generator=g)
+    xy = torch.rand(30, 2, generator=g) * torch.tensor([200.0, 150.0]) - 30.0
+    boxes = torch.cat([xy, xy + torch.rand(30, 2, generator=g) * 90.0 + 0.2], dim=1)
+    size = (120, 160)
+    fn = paste_masks_batched if paste == "batched" else paste_masks_thresholded
+    out = fn(probs, boxes, size, 0.0)  # threshold 0: every pixel the paste reaches
+    regions = paste_regions(boxes, 28, size)
+    inside = torch.zeros_like(out)
+    for i, (x0, y0, x1, y1) in enumerate(regions.tolist()):
+        assert 0 <= x0 <= x1 <= size[1] and 0 <= y0 <= y1 <= size[0]
+        inside[i, :, y0:y1, x0:x1] = True
+    assert out.any() and not (out & ~inside).any()
 
 
 def test_batched_paste_equals_the_per_roi_paste():

@@ -360,12 +360,16 @@ def test_per_box_numpy_backend_equals_the_plain_whole_image_lift(monkeypatch, ch
         dmin, thr, erode = [0.0, 0.1, 0.5][trial % 3], [0.0, 0.03, 0.2][trial % 3 - 1], [0, 1, 3][trial % 3 - 2]
         got = lift_instances(depth.astype(np.float64) if trial % 5 == 0 else depth, masks, k, color=color,
                              depth_min=dmin, depth_max=5.0, flying_pixel_threshold=thr, erode_px=erode)
+        # the masks' tight boxes given by the caller (as the pipeline passes its summaries'): the same clouds
+        given = lift_instances(depth, masks, k, color=color, depth_min=dmin, depth_max=5.0,
+                               flying_pixel_threshold=thr, erode_px=erode, boxes=mask_bboxes(masks))
         ref = plain_lift(depth, masks, color, k, dmin, 5.0, thr, erode)
-        for cloud, (pts, cols, npx, ncov) in zip(got, ref, strict=True):
-            np.testing.assert_array_equal(cloud.points, pts)
-            np.testing.assert_array_equal(cloud.colors, cols)
-            assert cloud.n_mask_pixels == npx
-            assert cloud.depth_coverage == (ncov / npx if npx else 0.0)
+        for cloud, cloud_b, (pts, cols, npx, ncov) in zip(got, given, ref, strict=True):
+            for c in (cloud, cloud_b):
+                np.testing.assert_array_equal(c.points, pts)
+                np.testing.assert_array_equal(c.colors, cols)
+                assert c.n_mask_pixels == npx
+                assert c.depth_coverage == (ncov / npx if npx else 0.0)
         for thr in (0.0, 0.05):
             np.testing.assert_array_equal(
                 valid_depth_mask(depth, depth_min=dmin, depth_max=5.0, flying_pixel_threshold=thr),
@@ -405,6 +409,8 @@ def test_no_masks_and_bad_inputs():
         lift_instances(depth, m, K, depth_min=2.0, depth_max=1.0)
     with pytest.raises(ValueError, match="erode_px"):
         lift_instances(depth, m, K, erode_px=-1, **RANGE)
+    with pytest.raises(FrameError, match=r"boxes must have shape \[1, 4\]"):
+        lift_instances(depth, m, K, boxes=np.zeros((2, 4), np.int64), **RANGE)
 
 
 # ---------------------------------------------------------------------------------------- filtering

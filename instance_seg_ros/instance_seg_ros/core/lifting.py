@@ -273,6 +273,7 @@ def lift_instances(
     depth_max: float,
     flying_pixel_threshold: float = 0.03,
     erode_px: int = 0,
+    boxes: np.ndarray | None = None,
 ) -> list[LiftedCloud]:
     """Lift every instance mask to its point cloud in one vectorized pass.
 
@@ -286,6 +287,8 @@ def lift_instances(
         depth_min, depth_max: valid depth range, meters.
         flying_pixel_threshold: see :func:`valid_depth_mask`; 0 disables.
         erode_px: erode each mask by this many pixels (square structuring element) before lifting.
+        boxes: optional [N, 4] int ``(x, y, w, h)``: each mask's tight box (:func:`~.masks.mask_bboxes`; zeros
+            for an empty mask), when the caller has them already; the numpy path then does not look for them.
 
     Returns:
         One :class:`LiftedCloud` per mask, in mask order; each cloud's points in row-major pixel order.
@@ -314,7 +317,9 @@ def lift_instances(
         _check_shapes(m.shape, d.shape, K, None if c is None else (c.shape, c.dtype))
         if m.shape[0] == 0:
             return []
-        stats, pts, cols = _lift_np(d, m, c, K, depth_min, depth_max, flying_pixel_threshold, erode_px)
+        if boxes is not None and np.shape(boxes) != (m.shape[0], 4):
+            raise FrameError(f"boxes must have shape [{m.shape[0]}, 4] (one per mask), got {list(np.shape(boxes))}.")
+        stats, pts, cols = _lift_np(d, m, c, K, depth_min, depth_max, flying_pixel_threshold, erode_px, boxes)
     n = stats.shape[1]
     split = np.cumsum(stats[2])[:-1]
     p_parts = np.split(pts, split)
@@ -354,7 +359,8 @@ def _project(pix: Any, z: Any, w: int, K: Intrinsics, xp: Any) -> Any:
 
 
 def _lift_np(
-    d: np.ndarray, m: np.ndarray, c: np.ndarray | None, K: Intrinsics, dmin: float, dmax: float, thr: float, px: int
+    d: np.ndarray, m: np.ndarray, c: np.ndarray | None, K: Intrinsics, dmin: float, dmax: float, thr: float, px: int,
+    tight: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
     """numpy backend: (stats [3, N] = mask pixels, covered pixels, points; points [M, 3]; colors).
 
@@ -364,17 +370,22 @@ def _lift_np(
     """
     n, h, w = m.shape
     stats = np.zeros((3, n), np.int64)
-    occ = m.any(axis=2)  # [N, H]
-    full = np.flatnonzero(occ.any(axis=1))
-    if full.size == 0:
-        return stats, np.zeros((0, 3), np.float32), (np.zeros((0, 3), np.uint8) if c is not None else None)
-    occ = occ[full]
-    ys0 = occ.argmax(axis=1)
-    ys1 = h - occ[:, ::-1].argmax(axis=1)
     boxes = []  # (i, y0, y1, x0, x1) tight box of each non-empty mask
-    for i, y0, y1 in zip(full.tolist(), ys0.tolist(), ys1.tolist(), strict=True):
-        cols = m[i, y0:y1].any(axis=0)
-        boxes.append((i, y0, y1, int(cols.argmax()), w - int(cols[::-1].argmax())))
+    if tight is not None:  # the caller's (x, y, w, h)
+        for i, (x, y, bw, bh) in enumerate(np.asarray(tight).tolist()):
+            if bw > 0 and bh > 0:
+                boxes.append((i, int(y), int(y + bh), int(x), int(x + bw)))
+    else:
+        occ = m.any(axis=2)  # [N, H]
+        full = np.flatnonzero(occ.any(axis=1))
+        occ = occ[full]
+        ys0 = occ.argmax(axis=1)
+        ys1 = h - occ[:, ::-1].argmax(axis=1)
+        for i, y0, y1 in zip(full.tolist(), ys0.tolist(), ys1.tolist(), strict=True):
+            cols = m[i, y0:y1].any(axis=0)
+            boxes.append((i, y0, y1, int(cols.argmax()), w - int(cols[::-1].argmax())))
+    if not boxes:
+        return stats, np.zeros((0, 3), np.float32), (np.zeros((0, 3), np.uint8) if c is not None else None)
     # depth validity of the rows the boxes span (whole rows: contiguous passes beat skipping a few columns)
     uy0, uy1 = min(bx[1] for bx in boxes), max(bx[2] for bx in boxes)
     in_range, valid = _valid_rows(d, uy0, uy1, dmin, dmax, thr)

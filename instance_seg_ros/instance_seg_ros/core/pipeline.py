@@ -23,6 +23,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -124,6 +125,7 @@ def summarize_masks(
     labels: torch.Tensor,
     *,
     path: str = "auto",
+    regions: torch.Tensor | np.ndarray | None = None,
 ) -> MaskSummary:
     """Boxes, crops, occlusion and label image of a frame's masks.
 
@@ -136,6 +138,9 @@ def summarize_masks(
             device-to-host copy of all crops (for accelerators; runs anywhere); ``reference``: the plain
             implementation (torch reductions over the full stack, label image over the full stack, one copy per
             crop); ``auto``: ``host`` for CPU tensors, else ``device``. All give the same result.
+        regions ([N, 4] int, or None): per mask, ``x0, y0, x1, y1`` (ends exclusive) of a region that holds every
+            pixel of both its masks (:attr:`~.model.predictor.Detections.regions`); the ``host`` path then looks for
+            the boxes there only. None: over the whole image.
 
     Returns:
         :class:`MaskSummary`.
@@ -152,7 +157,8 @@ def summarize_masks(
     if path == "reference":
         return _summarize_reference(masks, amodal, scores, labels)
     if path == "host":
-        return _summarize_host(masks.cpu(), amodal.cpu(), scores.cpu(), labels.cpu())
+        reg = None if regions is None else np.asarray(regions.cpu() if isinstance(regions, torch.Tensor) else regions)
+        return _summarize_host(masks.cpu(), amodal.cpu(), scores.cpu(), labels.cpu(), reg)
     return _summarize_device(masks, amodal, scores, labels)
 
 
@@ -175,16 +181,34 @@ def _crops(m: np.ndarray, boxes: np.ndarray) -> list[np.ndarray]:
     return [np.ascontiguousarray(m[i, y : y + bh, x : x + bw]) for i, (x, y, bw, bh) in enumerate(boxes.tolist())]
 
 
-def _summarize_host(masks, amodal, scores, labels) -> MaskSummary:
+def _boxes_in(m: np.ndarray, regions: np.ndarray | None) -> np.ndarray:
+    """:func:`~.masks.mask_bboxes` of bool ``m`` [N, H, W], looking only inside ``regions`` (see
+    :func:`summarize_masks`) when given."""
+    if regions is None:
+        return mask_bboxes(m)
+    n, h, w = m.shape
+    rows, cols = np.zeros((n, h), bool), np.zeros((n, w), bool)
+    for i, (x0, y0, x1, y1) in enumerate(regions.tolist()):
+        if x1 > x0 and y1 > y0:
+            sub = m[i, y0:y1, x0:x1]
+            rows[i, y0:y1] = sub.any(axis=1)
+            cols[i, x0:x1] = sub.any(axis=0)
+    return boxes_from_occupancy(rows, cols)
+
+
+def _summarize_host(masks, amodal, scores, labels, regions: np.ndarray | None = None) -> MaskSummary:
     m = masks.numpy() if isinstance(masks, torch.Tensor) else np.asarray(masks)
     a = amodal.numpy() if isinstance(amodal, torch.Tensor) else np.asarray(amodal)
     sc = scores.float().numpy() if isinstance(scores, torch.Tensor) else np.asarray(scores, np.float32)
     lb = labels.numpy() if isinstance(labels, torch.Tensor) else np.asarray(labels)
-    boxes = mask_bboxes(m)
+    if m.dtype != np.bool_ or a.dtype != np.bool_:
+        regions = None  # mask_bboxes' rules for other types
+    boxes = _boxes_in(m, regions)
     keep = np.flatnonzero(boxes[:, 2] > 0)  # an empty mask has a zero box
     if keep.size < m.shape[0]:
         m, a, boxes, sc, lb = m[keep], a[keep], boxes[keep], sc[keep], lb[keep]
-    aboxes = mask_bboxes(a)
+        regions = None if regions is None else regions[keep]
+    aboxes = _boxes_in(a, regions)
     crops, acrops = _crops(m, boxes), _crops(a, aboxes)
     vis_area = np.array([np.count_nonzero(c) for c in crops], np.float64)
     amodal_area = np.array([np.count_nonzero(c) for c in acrops], np.float64)
@@ -290,6 +314,16 @@ def attach_geometry(instances: InstanceResult | Sequence[InstanceResult], min_po
             inst.box_center, inst.box_quat, inst.box_size = box
 
 
+def _geometric_proposals(config: Config, depth: np.ndarray, K: Intrinsics
+                         ) -> tuple[SupportPlane | None, np.ndarray | None, float]:
+    """``(plane, boxes, ms)``: the frame's support plane (:func:`~.support_plane.fit_plane`), the boxes of the depth
+    clusters standing on it (:func:`~.geometric_proposals.cluster_boxes`; None without a plane) and the time taken."""
+    t0 = time.perf_counter()
+    plane = fit_plane(config, depth, K)
+    extra = None if plane is None else cluster_boxes(depth, K, plane, min_height=config.filter.min_height)
+    return plane, extra, (time.perf_counter() - t0) * 1e3
+
+
 def box_plane(config: Config, plane: SupportPlane | None, *, searched: bool, depth: np.ndarray, K: Intrinsics
               ) -> SupportPlane | None:
     """The plane ``geometry.box_mode`` stands this frame's boxes on; None = the general fit (:func:`attach_geometry`).
@@ -318,18 +352,26 @@ class Segmenter:
             format, masks pasted one RoI at a time, mask statistics by torch reductions over the full stack).
             The results are the same up to float rounding; ``isr bench`` and the tests use it to check the
             fast paths.
+        overlap_proposals: compute the geometric proposals (``model.geometric_proposals: auto``: support plane and
+            depth clusters, a few ms of CPU) in a worker thread while the network's backbone and RPN run, instead
+            of before them. The results are the same. None (default): on an accelerator, where the CPU is idle
+            while the network runs, and not on the CPU, where the network already keeps the cores busy (measured
+            on 2 cores: the frame got slower, see docs/benchmarks.md). Never on the reference path.
 
     Call :meth:`load` once (loads and warms the model), then :meth:`process` per frame.
     """
 
-    def __init__(self, config: Config, log: Callable[[str], None] | None = None, *, reference: bool = False) -> None:
+    def __init__(self, config: Config, log: Callable[[str], None] | None = None, *, reference: bool = False,
+                 overlap_proposals: bool | None = None) -> None:
         self.config = config
         self._log = log or _log.info
         self.reference = bool(reference)
+        self.overlap_proposals = overlap_proposals
         self.predictor = None
         self.meta = None
         self.oom_retries = 0  # frames retried at a reduced size after running out of accelerator memory
         self.oom_skipped = 0  # frames given up after the retry ran out of memory too
+        self._pool: ThreadPoolExecutor | None = None
 
     @property
     def loaded(self) -> bool:
@@ -381,10 +423,27 @@ class Segmenter:
             )
 
     def release(self) -> None:
-        """Free the model (and its GPU memory)."""
+        """Free the model (and its GPU memory) and stop the worker thread."""
         if self.predictor is not None:
             self.predictor.release()
         self.predictor = None
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+            self._pool = None
+
+    def _overlap(self) -> bool:
+        """Whether the geometric proposals run in the worker thread beside the network (see ``overlap_proposals``)."""
+        if self.reference:
+            return False
+        if self.overlap_proposals is not None:
+            return bool(self.overlap_proposals)
+        return self.predictor.device.type != "cpu"
+
+    def _worker(self) -> ThreadPoolExecutor:
+        """The one worker thread the geometric proposals run in (made on first use)."""
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="isr-proposals")
+        return self._pool
 
     # ------------------------------------------------------------------ per frame
     #: on an out-of-memory error the frame is retried once with the network input sides scaled by this
@@ -444,21 +503,34 @@ class Segmenter:
         cfg = self.config
         h, w = depth.shape
         plane, fitted, extra, t_prop = None, False, None, 0.0
-        if cfg.model.geometric_proposals == "auto":
-            t0 = time.perf_counter()
-            plane, fitted = fit_plane(cfg, depth, K), True
-            if plane is not None:
-                extra = cluster_boxes(depth, K, plane, min_height=cfg.filter.min_height)
-            t_prop = (time.perf_counter() - t0) * 1e3
         net_depth = depth if cfg.model.network_depth else np.full_like(depth, np.nan)
-        det = self.predictor.predict(color, net_depth, extra_proposals=extra)
+        if cfg.model.geometric_proposals == "auto" and self._overlap():
+            # the plane and the depth clusters are computed in a worker thread while the backbone and the RPN run;
+            # the frame pays only the wait for them (``proposals``)
+            job = self._worker().submit(_geometric_proposals, cfg, depth, K)
+            waited = [0.0]
+
+            def extra_proposals() -> np.ndarray | None:
+                t0 = time.perf_counter()
+                found = job.result()
+                waited[0] += (time.perf_counter() - t0) * 1e3
+                return found[1]
+
+            det = self.predictor.predict(color, net_depth, extra_proposals=extra_proposals)
+            plane, _, _ = job.result()
+            fitted, t_prop = True, waited[0]
+        else:
+            if cfg.model.geometric_proposals == "auto":
+                plane, extra, t_prop = _geometric_proposals(cfg, depth, K)
+                fitted = True
+            det = self.predictor.predict(color, net_depth, extra_proposals=extra)
         timings = {k: float(v) for k, v in det.timings.items()}
         if fitted:
             timings["proposals"] = t_prop
 
         t0 = time.perf_counter()
         summary = summarize_masks(det.masks, det.amodal_masks, det.scores, det.labels,
-                                  path="reference" if self.reference else "auto")
+                                  path="reference" if self.reference else "auto", regions=det.regions)
         masks = summary.masks
         boxes_h, aboxes_h, occ_h = summary.boxes, summary.amodal_boxes, summary.occlusion
         scores_h, labels_h, crops, acrops = summary.scores, summary.labels, summary.crops, summary.amodal_crops
@@ -475,7 +547,7 @@ class Segmenter:
         clouds = lift_instances(
             depth_in, masks, K, color=color_in, depth_min=cfg.depth.min,
             depth_max=cfg.depth.max, flying_pixel_threshold=cfg.depth.flying_pixel_threshold,
-            erode_px=cfg.depth.erode_px,
+            erode_px=cfg.depth.erode_px, boxes=None if self.reference else boxes_h,
         )
         timings["lift"] = (time.perf_counter() - t0) * 1e3
 

@@ -69,6 +69,9 @@ class Detections:
             training evaluation only (the pipeline publishes the hidden fraction computed from the masks).
         class_names (list[str]): the model's class names (``class_names[label]``).
         timings (dict[str, float]): milliseconds for ``preprocess``, ``inference``, ``postprocess``.
+        regions (Tensor[N, 4] int64 | None): per detection, ``x0, y0, x1, y1`` (ends exclusive, inside the image)
+            of the region its masks were pasted into: no pixel of either mask lies outside it, so the masks' boxes
+            and crops can be found there instead of over the whole image. None: not known.
     """
 
     boxes: torch.Tensor
@@ -79,6 +82,7 @@ class Detections:
     occlusion_pred: torch.Tensor
     class_names: list[str]
     timings: dict[str, float] = field(default_factory=dict)
+    regions: torch.Tensor | None = None
 
     def __len__(self) -> int:
         return int(self.scores.shape[0])
@@ -96,7 +100,8 @@ class Detections:
         """A copy with every tensor on ``device`` (e.g. ``"cpu"`` before converting to numpy)."""
         t = {k: getattr(self, k).to(device) for k in ("boxes", "labels", "scores", "masks", "amodal_masks",
                                                          "occlusion_pred")}
-        return Detections(**t, class_names=self.class_names, timings=dict(self.timings))
+        regions = None if self.regions is None else self.regions.to(device)
+        return Detections(**t, class_names=self.class_names, timings=dict(self.timings), regions=regions)
 
 
 def resolve_device(device: str | torch.device) -> torch.device:
@@ -135,6 +140,17 @@ def _paste_boxes(boxes: torch.Tensor, m: int) -> torch.Tensor:
     """``[N, 4]`` int64: the boxes that ``m x m`` RoI masks padded by one pixel are pasted into (torchvision's
     ``expand_boxes`` by ``(m + 2) / m``); nothing of a mask is pasted outside its box."""
     return expand_boxes(boxes.float(), (m + 2) / m).to(torch.int64)
+
+
+def paste_regions(boxes: torch.Tensor, m: int, image_size: tuple[int, int]) -> torch.Tensor:
+    """``[N, 4]`` int64 ``x0, y0, x1, y1`` (ends exclusive, clipped to the image): where the paste of ``m x m`` RoI
+    masks into ``boxes`` can set pixels (:func:`_paste_boxes`, as :func:`paste_masks_thresholded` clips it)."""
+    h, w = image_size
+    ib = _paste_boxes(boxes, m)
+    x0, y0 = ib[:, 0].clamp(0, w), ib[:, 1].clamp(0, h)
+    x1 = torch.maximum((ib[:, 2] + 1).clamp_max(w), x0)
+    y1 = torch.maximum((ib[:, 3] + 1).clamp_max(h), y0)
+    return torch.stack([x0, y0, x1, y1], dim=1)
 
 
 def paste_masks_thresholded(
@@ -241,6 +257,33 @@ def mask_ownership_keep(
     pc = paste_probs_batched(probs[:, None].float(), coarse_boxes, (hc, wc))[:, 0].flatten(1)  # [N, hc * wc]
     below = pc <= mask_threshold
     q = pc.mul_(scores.float()[:, None]).masked_fill_(below, 0.0)  # in place: pc is our own
+    if dev.type == "cpu" and not _dense:  # numpy's bool reductions are several times cheaper than torch's
+        kept = torch.from_numpy(np.flatnonzero(_alive_np(q.numpy(), threshold)))
+    else:
+        kept = _alive_torch(q, threshold)
+    if inplace:  # the kept rows moved up in place (no new image stack): out is a view of masks' first rows
+        for dst, src in enumerate(kept.tolist()):
+            if dst != src:
+                masks[dst] = masks[src]
+        out = masks[: len(kept)]
+    else:
+        out = masks[kept]  # a copy
+    qk = q[kept].reshape(-1, hc, wc)
+    # shared pixels: to the higher score x probability there (q is one number per detection and pixel, so the
+    # pairwise verdicts agree where three masks meet); where the coarse grid has no probability for either, to the
+    # higher-scored detection (the earlier one). On the CPU pair by pair (numpy); elsewhere all at once.
+    if out.device.type == "cpu" and not _dense:
+        _settle_pairs_np(out.numpy(), qk.numpy(), _paste_boxes(boxes[kept], probs.shape[-1]).numpy(), stride)
+    else:
+        _settle_dense(out, qk, stride)
+    return kept, out
+
+
+def _alive_torch(q: torch.Tensor, threshold: float) -> torch.Tensor:
+    """The detections :func:`mask_ownership_keep` keeps (indices, ascending), from ``q`` ``[N, cells]`` (score x
+    coarse probability, 0 where a detection does not claim the cell): while some detection owns no more than
+    ``1 - threshold`` of its claimed cells, the lowest-scored such one is dropped and ownership settled again."""
+    n, dev = q.shape[0], q.device
     claimed = q > 0
     area = claimed.sum(1)
     empty = area == 0  # nothing on the coarse grid to contest: kept, like an empty mask in mask_overlap_keep
@@ -260,23 +303,34 @@ def mask_ownership_keep(
             break
         # drop the lowest-scored loser only, then settle ownership again (its pixels may go back to others)
         alive[int(torch.nonzero(losing)[-1])] = False
-    kept = torch.nonzero(alive)[:, 0]
-    if inplace:  # the kept rows moved up in place (no new image stack): out is a view of masks' first rows
-        for dst, src in enumerate(kept.tolist()):
-            if dst != src:
-                masks[dst] = masks[src]
-        out = masks[: len(kept)]
-    else:
-        out = masks[kept]  # a copy
-    qk = q[kept].reshape(-1, hc, wc)
-    # shared pixels: to the higher score x probability there (q is one number per detection and pixel, so the
-    # pairwise verdicts agree where three masks meet); where the coarse grid has no probability for either, to the
-    # higher-scored detection (the earlier one). On the CPU pair by pair (numpy); elsewhere all at once.
-    if out.device.type == "cpu" and not _dense:
-        _settle_pairs_np(out.numpy(), qk.numpy(), _paste_boxes(boxes[kept], probs.shape[-1]).numpy(), stride)
-    else:
-        _settle_dense(out, qk, stride)
-    return kept, out
+    return torch.nonzero(alive)[:, 0]
+
+
+def _alive_np(q: np.ndarray, threshold: float) -> np.ndarray:
+    """:func:`_alive_torch` in numpy (bool[N] alive), with the same float32 arithmetic and the same tie rule (the
+    first of equal maxima owns a cell)."""
+    n = q.shape[0]
+    claimed = (q > 0).view(np.uint8)  # counted with uint8 / int32 sums: several times cheaper than count_nonzero
+    area = np.add.reduce(claimed, axis=1, dtype=np.int32)
+    empty = area == 0
+    area32 = np.maximum(area, 1).astype(np.float32)
+    claimants = np.add.reduce(claimed, axis=0, dtype=np.uint8 if n < 256 else np.int32)
+    work = q.take(np.flatnonzero(claimants >= 2), axis=1)  # [N, contested cells], a copy
+    sole = area - np.add.reduce((work > 0).view(np.uint8), axis=1, dtype=np.int32)
+    alive = np.ones(n, bool)
+    limit = np.float32(1.0 - threshold)
+    for _ in range(n):
+        best = work.argmax(axis=0)
+        won = best[work[best, np.arange(work.shape[1])] > 0]
+        owned = np.bincount(won, minlength=n) + sole
+        share = np.where(empty, np.float32(1.0), owned.astype(np.float32) / area32)
+        losing = alive & (share < limit)
+        if not losing.any():
+            break
+        drop = int(np.flatnonzero(losing)[-1])
+        alive[drop] = False
+        work[drop] = 0.0
+    return alive
 
 
 def _settle_pairs_np(out: np.ndarray, qk: np.ndarray, ib: np.ndarray, stride: int) -> None:
@@ -552,7 +606,7 @@ class Predictor:
             self._on_device = True
 
     def predict(self, color: np.ndarray, depth: np.ndarray | None = None, *,
-                extra_proposals: np.ndarray | None = None) -> Detections:
+                extra_proposals: np.ndarray | Callable[[], np.ndarray | None] | None = None) -> Detections:
         """Detect instances in one frame.
 
         Args:
@@ -560,7 +614,8 @@ class Predictor:
             depth (np.ndarray[H, W] float32 | None): meters, NaN = invalid; required for rgbd models.
             extra_proposals (np.ndarray[N, 4] float | None): boxes (x0, y0, x1, y1, pixels of this frame) added to
                 the region proposals, e.g. :func:`~instance_seg_ros.core.geometric_proposals.cluster_boxes`; the box
-                head scores and refines them like the RPN's own.
+                head scores and refines them like the RPN's own. A callable returning them (or None) is called once
+                the backbone and the RPN have run, so they can be computed meanwhile (in another thread).
 
         Returns:
             :class:`Detections` on the predictor's device.
@@ -598,6 +653,8 @@ class Predictor:
             with self._autocast():
                 features = model.backbone(images.tensors)
                 proposals, _ = model.rpn(images, features)
+                if callable(extra_proposals):
+                    extra_proposals = extra_proposals()
                 if extra_proposals is not None and len(extra_proposals):
                     nh, nw = images.image_sizes[0]
                     extra = torch.as_tensor(np.asarray(extra_proposals, np.float32), device=proposals[0].device)
@@ -631,16 +688,18 @@ class Predictor:
         occ = d["occlusion"][keep].float() if "occlusion" in d else torch.zeros_like(scores[keep])
         labels = d["labels"][keep]
         scores = scores[keep]
+        regions = paste_regions(boxes, probs.shape[-1], size)
         if self.mask_nms == "ownership" and len(scores) > 1:
             kept, masks = mask_ownership_keep(masks, probs[:, 0], boxes, scores, self.mask_nms_threshold,
                                               self.mask_threshold, inplace=True)  # masks: our paste's
             if len(kept) < len(scores):
-                boxes, labels, scores, amodal, occ = (t[kept] for t in (boxes, labels, scores, amodal, occ))
+                boxes, labels, scores, amodal, occ, regions = (
+                    t[kept] for t in (boxes, labels, scores, amodal, occ, regions))
         elif self.mask_nms_threshold < 1.0 and len(scores) > 1:
             kept = mask_overlap_keep(masks, self.mask_nms_threshold)
             if len(kept) < len(scores):
-                boxes, labels, scores, masks, amodal, occ = (
-                    t[kept] for t in (boxes, labels, scores, masks, amodal, occ))
+                boxes, labels, scores, masks, amodal, occ, regions = (
+                    t[kept] for t in (boxes, labels, scores, masks, amodal, occ, regions))
         return Detections(
             boxes=boxes,
             labels=labels,
@@ -649,6 +708,7 @@ class Predictor:
             amodal_masks=amodal,
             occlusion_pred=occ,
             class_names=self.meta.classes,
+            regions=regions,
         )
 
     def warmup(self, height: int | None = None, width: int | None = None) -> dict[str, float]:
