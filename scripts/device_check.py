@@ -307,6 +307,10 @@ def step_bench(ctx: Ctx, model: str, precision: str) -> dict[str, Any]:
         "frame": f"{r['frame']['width']}x{r['frame']['height']}", "instances": ours["instances"],
         "runs": r["runs"], "e2e_median_ms": ours["end_to_end"]["median"], "e2e_p99_ms": ours["end_to_end"]["p99"],
         "fps": ours["fps"], "inference_median_ms": ours["stages"]["inference"]["median"],
+        # outside the network: issue 16's share; proposals: on CUDA the wait for the geometric proposals, which run
+        # in a worker thread beside the network (Segmenter.overlap_proposals)
+        "outside_network_ms": ours.get("outside_network_ms"), "outside_network_share": ours.get(
+            "outside_network_fraction"), "proposals_median_ms": ours["stages"].get("proposals", {}).get("median"),
         "cuda_peak_mb": ours["cuda_peak_mb"], "peak_rss_mb": ours["peak_rss_mb"],
         "baseline_e2e_median_ms": base["end_to_end"]["median"] if base else None,
         "baseline_cuda_peak_mb": base["cuda_peak_mb"] if base else None,
@@ -812,7 +816,9 @@ def _one_line(res: dict[str, Any]) -> str:
 def _figures_cell(name: str, res: dict[str, Any]) -> str:
     f = res.get("figures") or {}
     if name.startswith("bench_") and "e2e_median_ms" in f:
-        return f"{_fmt(f['e2e_median_ms'])} ms e2e, {_fmt(f['fps'])} fps, x{_fmt(f['ratio_e2e'])} of baseline"
+        share = f.get("outside_network_share")
+        outside = f", {_fmt(100 * share)} % outside the network" if _finite(share) else ""
+        return f"{_fmt(f['e2e_median_ms'])} ms e2e, {_fmt(f['fps'])} fps, x{_fmt(f['ratio_e2e'])} of baseline{outside}"
     if name == "release":
         seg, node = f.get("segmenter", {}), f.get("node", {})
         parts = [f"segmenter {seg.get('loaded_mb')} -> {seg.get('released_mb')} MB" if "loaded_mb" in seg else
