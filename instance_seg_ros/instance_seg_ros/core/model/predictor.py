@@ -145,8 +145,13 @@ def _paste_boxes(boxes: torch.Tensor, m: int) -> torch.Tensor:
 def paste_regions(boxes: torch.Tensor, m: int, image_size: tuple[int, int]) -> torch.Tensor:
     """``[N, 4]`` int64 ``x0, y0, x1, y1`` (ends exclusive, clipped to the image): where the paste of ``m x m`` RoI
     masks into ``boxes`` can set pixels (:func:`_paste_boxes`, as :func:`paste_masks_thresholded` clips it)."""
+    return _clip_regions(_paste_boxes(boxes, m), image_size)
+
+
+def _clip_regions(ib: torch.Tensor, image_size: tuple[int, int]) -> torch.Tensor:
+    """Expanded integer boxes ``ib`` ``[N, 4]`` (inclusive ends) as ``x0, y0, x1, y1`` with exclusive ends, clipped
+    to the image (empty: ``x1 == x0`` or ``y1 == y0``)."""
     h, w = image_size
-    ib = _paste_boxes(boxes, m)
     x0, y0 = ib[:, 0].clamp(0, w), ib[:, 1].clamp(0, h)
     x1 = torch.maximum((ib[:, 2] + 1).clamp_max(w), x0)
     y1 = torch.maximum((ib[:, 3] + 1).clamp_max(h), y0)
@@ -170,11 +175,10 @@ def paste_masks_thresholded(
     Returns:
         Tensor[N, K, H, W] bool.
     """
-    h_img, w_img = image_size
     out, padded, ib = _paste_setup(probs, boxes, image_size)
-    for i, (x0, y0, x1, y1) in enumerate(ib.tolist()):
+    clipped = _clip_regions(ib, image_size).tolist()  # where pixels are set: paste_regions
+    for i, ((x0, y0, x1, y1), (cx0, cy0, cx1, cy1)) in enumerate(zip(ib.tolist(), clipped, strict=True)):
         w, h = max(x1 - x0 + 1, 1), max(y1 - y0 + 1, 1)
-        cx0, cy0, cx1, cy1 = max(x0, 0), max(y0, 0), min(x1 + 1, w_img), min(y1 + 1, h_img)
         if cx1 <= cx0 or cy1 <= cy0:
             continue
         m = F.interpolate(padded[i : i + 1].float(), size=(h, w), mode="bilinear", align_corners=False)[0]
