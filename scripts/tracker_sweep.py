@@ -2,7 +2,7 @@
 
 Running the network is by far the slowest part of ``isr eval BAG``; the tracker is not. This script runs the pipeline
 over a bag once (``isr eval``'s own replay, tracker off), caches every frame's detections and ground truth in a
-pickle, then replays the cache through :class:`~instance_seg_ros.core.tracking.Tracker` for each ``--set`` variant
+pickle, then replays the cache through :class:`~instance_seg_ros.core.tracking.Tracker` for each ``--variant``
 and prints the identity figures (IDF1, IDF1 on detected objects, MOTA, ID switches) that ``isr eval`` reports, plus,
 with ``--switches``, where each switch happened. With tracking enabled in the config, the default variant's figures
 equal ``isr eval BAG``'s.
@@ -62,28 +62,30 @@ def _run(frames: list, overrides: list[str], switches: bool) -> dict:
         tracker.update(stamp / 1e9, pred.instances)
         id_frames.append(IdFrame.of(stamp, pred, gt, 0.5))
     out = mot_summary(id_frames, 0.5)
-    out["tracker_ms_max"] = tracker.stats.last_update_ms
     if switches:
         out["switch_list"] = _switches(id_frames)
     return out
 
 
 def _switches(id_frames: list) -> list[str]:
-    """Frame index, gt id, previous and new predicted id of each switch (greedy IoU >= 0.5 matching, as a check)."""
-    import numpy as np
+    """Frame index, gt id, previous and new track id of each ID switch: the matches of
+    :class:`~instance_seg_ros.core.mot_metrics.MotAccumulator` (the one that counts them), a pair that contradicts
+    the ground-truth object's previous match being a switch (frames left out by ``mot_summary`` are skipped here
+    too)."""
+    from instance_seg_ros.core.mot_metrics import MotAccumulator
 
+    acc = MotAccumulator(iou_threshold=0.5)
     last: dict[int, int] = {}
     out = []
     for k, f in enumerate(id_frames):
-        iou = f.iou.copy() if f.iou.size else np.zeros((len(f.gt_ids), 0))
-        while iou.size and iou.max() >= 0.5:
-            g, p = np.unravel_index(int(np.argmax(iou)), iou.shape)
-            gid, pid = f.gt_ids[g], f.pred_ids[p]
-            if gid in last and last[gid] != pid:
-                out.append(f"frame {k}: gt {gid} {last[gid]} -> {pid} (IoU {iou[g, p]:.2f})")
+        keep = [i for i, g in enumerate(f.gt_ids) if g]
+        gt_ids = [f.gt_ids[i] for i in keep]
+        if len(set(gt_ids)) != len(gt_ids) or len(set(f.pred_ids)) != len(f.pred_ids):
+            continue
+        for gid, pid in acc.add(gt_ids, f.pred_ids, f.iou[keep], detected=f.detected[keep]):
+            if last.get(gid, pid) != pid:
+                out.append(f"frame {k}: gt {gid} {last[gid]} -> {pid}")
             last[gid] = pid
-            iou[g, :] = 0
-            iou[:, p] = 0
     return out
 
 
