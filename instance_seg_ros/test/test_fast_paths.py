@@ -19,7 +19,12 @@ from torch import nn
 
 from instance_seg_ros.core.config import Config
 from instance_seg_ros.core.lifting import lift_instances
-from instance_seg_ros.core.model.predictor import paste_masks_batched, paste_masks_thresholded, paste_regions
+from instance_seg_ros.core.model.predictor import (
+    paste_masks_batched,
+    paste_masks_opencv,
+    paste_masks_thresholded,
+    paste_regions,
+)
 from instance_seg_ros.core.pipeline import Segmenter, summarize_masks
 
 CPU_FAST = Path(__file__).resolve().parent.parent / "config" / "cpu_fast.yaml"
@@ -120,7 +125,10 @@ def test_cpu_profile_matches_its_reference(frame, fast_and_reference):
     masks = [i.mask for i in res.instances]
     assert all(0.3 < m.mean() < 0.95 for m in masks), "the shaped masks should be blobs, not boxes or nothing"
     _assert_same_instances(res, expected)
-    # on the CPU the network runs the same code either way: the results are identical, not just close
+    assert fast.predictor.paste == "opencv" and ref.predictor.paste == "loop"
+    # on the CPU the network runs the same code either way, and the two pastes differ only by float rounding at the
+    # threshold (a few 1e-6, test_opencv_paste_equals_the_per_roi_paste), which this frame does not hit: the
+    # results are identical, not just close
     for a, b in zip(res.instances, expected.instances, strict=True):
         assert a.bbox == b.bbox and a.amodal_bbox == b.amodal_bbox
         np.testing.assert_array_equal(a.mask, b.mask)
@@ -197,7 +205,7 @@ def test_mask_summary_paths_equal_the_reference(frame, fast_and_reference, path)
         summarize_masks(masks, det.amodal_masks, det.scores, det.labels, path="gpu")
 
 
-@pytest.mark.parametrize("paste", ["thresholded", "batched"])
+@pytest.mark.parametrize("paste", ["thresholded", "batched", "opencv"])
 def test_paste_regions_hold_every_pasted_pixel(paste):
     """Detections.regions (paste_regions) bound the pasted masks, boxes partly outside the image included."""
     g = torch.Generator().manual_seed(3)
@@ -205,7 +213,7 @@ def test_paste_regions_hold_every_pasted_pixel(paste):
     xy = torch.rand(30, 2, generator=g) * torch.tensor([200.0, 150.0]) - 30.0
     boxes = torch.cat([xy, xy + torch.rand(30, 2, generator=g) * 90.0 + 0.2], dim=1)
     size = (120, 160)
-    fn = paste_masks_batched if paste == "batched" else paste_masks_thresholded
+    fn = {"batched": paste_masks_batched, "opencv": paste_masks_opencv}.get(paste, paste_masks_thresholded)
     out = fn(probs, boxes, size, 0.0)  # threshold 0: every pixel the paste reaches
     regions = paste_regions(boxes, 28, size)
     inside = torch.zeros_like(out)
@@ -229,6 +237,25 @@ def test_batched_paste_equals_the_per_roi_paste():
         assert got.dtype == torch.bool and got.shape == ref.shape
         assert int((got != ref).sum()) <= 2, "only float rounding at the threshold may differ"
     assert paste_masks_batched(probs[:0], boxes[:0], (120, 160), 0.5).shape == (0, 2, 120, 160)
+
+
+def test_opencv_paste_equals_the_per_roi_paste():
+    """The CPU default (cv2.resize per RoI channel) against the plain per-RoI F.interpolate: boxes partly or entirely
+    outside the image, degenerate and sub-pixel ones; only float rounding at the threshold may differ."""
+    g = torch.Generator().manual_seed(2)
+    probs = torch.rand(40, 2, 28, 28, generator=g)
+    xy = torch.rand(40, 2, generator=g) * torch.tensor([200.0, 150.0]) - 20.0
+    wh = torch.rand(40, 2, generator=g) * 90.0 + 0.2
+    boxes = torch.cat([xy, xy + wh], dim=1)
+    boxes[0] = torch.tensor([-50.0, -50.0, -10.0, -10.0])  # entirely outside
+    boxes[1] = torch.tensor([30.0, 30.0, 30.0, 30.0])  # degenerate
+    boxes[2] = torch.tensor([40.2, 50.7, 40.9, 51.1])  # under a pixel
+    for thr in (0.0, 0.3, 0.5):
+        ref = paste_masks_thresholded(probs, boxes, (120, 160), thr)
+        got = paste_masks_opencv(probs, boxes, (120, 160), thr)
+        assert got.dtype == torch.bool and got.shape == ref.shape
+        assert int((got != ref).sum()) <= 2, "only float rounding at the threshold may differ"
+    assert paste_masks_opencv(probs[:0], boxes[:0], (120, 160), 0.5).shape == (0, 2, 120, 160)
 
 
 def test_naive_lifting_equals_the_vectorized_lifting(frame):

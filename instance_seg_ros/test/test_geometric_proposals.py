@@ -155,6 +155,38 @@ def test_mask_ownership_keep_paths_agree():
     assert dropped >= 10, "the cases should exercise the dropping loop, not only the settling"
 
 
+def test_mask_ownership_keep_with_the_opencv_coarse_paste():
+    """The coarse probabilities pasted by OpenCV (the CPU default) differ from the batched paste by float rounding
+    only: the same detections are kept and the same pixels settled, on random overlapping RoI masks (smooth
+    probabilities: no exact ties for rounding to break)."""
+    import torch
+
+    from instance_seg_ros.core.model.predictor import (
+        mask_ownership_keep,
+        paste_masks_batched,
+        paste_probs_batched,
+        paste_probs_opencv,
+    )
+
+    g = torch.Generator().manual_seed(5)
+    for _ in range(60):
+        n = int(torch.randint(2, 12, (1,), generator=g))
+        xy = torch.rand(n, 2, generator=g) * torch.tensor([100.0, 70.0]) - 10.0
+        boxes = torch.cat([xy, xy + torch.rand(n, 2, generator=g) * 60 + 2], dim=1)
+        probs = torch.nn.functional.avg_pool2d(torch.rand(n, 1, 28, 28, generator=g), 5, 1, 2)[:, 0] * 1.6 - 0.3
+        scores = torch.sort(torch.rand(n, generator=g), descending=True).values
+        stride = int(torch.randint(1, 5, (1,), generator=g))
+        coarse = (-(-80 // stride), -(-96 // stride))
+        a = paste_probs_batched(probs[:, None], boxes / stride, coarse)
+        b = paste_probs_opencv(probs[:, None], boxes / stride, coarse)
+        assert b.shape == a.shape and float((a - b).abs().max()) < 1e-5
+        masks = paste_masks_batched(probs[:, None], boxes, (80, 96), 0.5)[:, 0]
+        thr = float(torch.rand(1, generator=g))
+        kept, out = mask_ownership_keep(masks, probs, boxes, scores, thr, stride=stride)
+        kept_o, out_o = mask_ownership_keep(masks, probs, boxes, scores, thr, stride=stride, opencv=True)
+        assert torch.equal(kept, kept_o) and torch.equal(out, out_o)
+
+
 def test_predictor_mask_nms_mode_is_a_run_time_setting():
     from instance_seg_ros.core.config import Config
     from instance_seg_ros.core.model.predictor import PredictorError

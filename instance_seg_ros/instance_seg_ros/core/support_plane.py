@@ -185,14 +185,16 @@ def support_without(depth: np.ndarray, K: Intrinsics, plane: SupportPlane, label
     return (int(inl.sum()) - per[1:]) / pts.shape[0]
 
 
-def _refine(p: np.ndarray, inl: np.ndarray) -> tuple[np.ndarray, float] | None:
-    """Least-squares plane (unit normal, offset) of ``p[inl]``; None when fewer than 3 points or degenerate."""
-    q = p[inl].astype(np.float64)
-    if q.shape[0] < 3:
+def _refine(pt: np.ndarray, inl: np.ndarray) -> tuple[np.ndarray, float] | None:
+    """Least-squares plane (unit normal, offset) of the points ``pt`` ``[3, M]`` (coordinates as rows) selected by
+    ``inl`` ``[M]``; None when fewer than 3 points or degenerate. Rows, not ``[M, 3]`` points: the selection, mean
+    and scatter each run along contiguous memory (about 3x cheaper)."""
+    q = np.compress(inl, pt, axis=1)
+    if q.shape[1] < 3:
         return None
-    c = q.mean(axis=0)
-    x = q - c
-    evals, evecs = np.linalg.eigh(x.T @ x)  # ascending: the smallest-variance direction is the normal
+    c = q.mean(axis=1)
+    x = q - c[:, None]
+    evals, evecs = np.linalg.eigh(x @ x.T)  # ascending: the smallest-variance direction is the normal
     if evals[1] <= 1e-12 * max(evals[2], 1e-30):  # collinear inliers: no unique plane
         return None
     n = evecs[:, 0]
@@ -267,15 +269,15 @@ def fit_support_plane(
     best = int(np.argmax(counts))  # the first of equals: deterministic
     normal, offset = n[best], float(off[best])
 
-    p64 = p.astype(np.float64)
-    tol = plane_tolerance(p[:, 2], tolerance)  # [M] float32
-    inl = np.abs(p64 @ normal + offset) <= tol
+    pt = np.ascontiguousarray(p.T, dtype=np.float64)  # [3, M]: x, y, z rows
+    tol = plane_tolerance(pt[2], tolerance)  # [M] float32
+    inl = np.abs(normal @ pt + offset) <= tol
     for _ in range(2):  # least squares on the inliers, then once more on the inliers of the refined plane
-        refined = _refine(p64, inl)
+        refined = _refine(pt, inl)
         if refined is None:
             break
         normal, offset = refined
-        inl = np.abs(p64 @ normal + offset) <= tol
+        inl = np.abs(normal @ pt + offset) <= tol
     count = int(np.count_nonzero(inl))
     support = count / m
     if support < min_support:
