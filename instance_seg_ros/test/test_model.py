@@ -389,6 +389,31 @@ def test_predictor_rgbd_needs_depth():
         pred.predict(color)
 
 
+@pytest.mark.parametrize("input_mode", ["rgb", "rgbd"])
+def test_cpu_network_input_is_the_transforms_bit_for_bit(input_mode):
+    """Predictor._cpu_input (one reused work tensor, normalized in place) gives exactly frame_to_input + the model's
+    transform: downscaled, upscaled and odd sizes, invalid and out-of-range depth, a strided color view, float64
+    depth, and a frame of another size after the work tensor was made."""
+    torch.manual_seed(0)
+    model = build_amodal_maskrcnn(backbone="mobilenet_v3_large_fpn", input_mode=input_mode, **SMALL)
+    pred = Predictor(model, ModelMeta.from_model(model), device="cpu")
+    rng = np.random.default_rng(3)
+    for h, w, min_size, max_size in [(96, 128, 0, 0), (120, 160, 48, 64), (61, 83, 90, 200), (120, 160, 48, 64)]:
+        pred.update(min_size=min_size, max_size=max_size)
+        color = rng.integers(0, 256, (h, 2 * w, 3), dtype=np.uint8)[:, ::2]  # not contiguous
+        depth = rng.uniform(-0.5, 3.0, (h, w))  # float64; negative and beyond DEPTH_MAX_M
+        depth[rng.random((h, w)) < 0.1] = np.nan
+        depth[0, :2] = np.inf, -np.inf
+        mn, mx = pred.input_size(h, w)
+        model.transform.min_size, model.transform.max_size = (mn,), mx
+        with torch.inference_mode():
+            x = frame_to_input(color, depth, input_mode=input_mode, depth_max_m=model.depth_max_m)
+            ref, _ = model.transform([x])
+            got = pred._cpu_input(color, depth if input_mode == "rgbd" else None)
+        assert got.image_sizes == ref.image_sizes
+        assert torch.equal(got.tensors, ref.tensors)
+
+
 def test_paste_matches_torchvision():
     torch.manual_seed(0)
     probs = torch.rand(4, 2, 28, 28)

@@ -261,11 +261,14 @@ def fit_support_plane(
     q_tol = plane_tolerance(q[:, 2], tolerance)
     counts = np.empty(n.shape[0], np.int64)
     n32, off32 = n.astype(np.float32), off.astype(np.float32)
+    within = np.empty((min(_CHUNK, n.shape[0]), q_t.shape[1]), bool)
     for s in range(0, n.shape[0], _CHUNK):
         r = n32[s : s + _CHUNK] @ q_t
         r += off32[s : s + _CHUNK, None]
         np.abs(r, out=r)
-        counts[s : s + _CHUNK] = np.count_nonzero(r <= q_tol, axis=1)
+        w = np.less_equal(r, q_tol, out=within[: r.shape[0]])
+        # counted as uint8 sums: several times cheaper than count_nonzero along an axis
+        counts[s : s + _CHUNK] = np.add.reduce(w.view(np.uint8), axis=1, dtype=np.int32)
     best = int(np.argmax(counts))  # the first of equals: deterministic
     normal, offset = n[best], float(off[best])
 
