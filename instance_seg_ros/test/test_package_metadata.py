@@ -31,6 +31,7 @@ MODULE_TO_KEY = {
     "pybullet_data": "python3-pybullet-pip",
     "rosbags": "python3-rosbags-pip",
     "safetensors": "python3-safetensors-pip",
+    "numba": "python3-numba",
     "setuptools": "python3-setuptools",
 }
 # Optional extras: imported lazily, only by their own subpackage, installed by the Makefile from a requirements file

@@ -30,6 +30,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from . import kernels
+
 if TYPE_CHECKING:
     from .support_plane import SupportPlane
 
@@ -184,28 +186,16 @@ def _octagon_keep(x: np.ndarray, y: np.ndarray, fbuf: np.ndarray, bbuf: np.ndarr
     ext = np.array([x.argmax(), s.argmax(), y.argmax(), d.argmax(), x.argmin(), s.argmin(), y.argmin(), d.argmin()])
     px, py = x[ext], y[ext]
     ex, ey = px[_NEXT] - px, py[_NEXT] - py  # edge vectors, in the points' dtype
-    # as Python floats (exact): numpy then computes in the arrays' dtype, without the overhead of numpy scalars
-    px, py, ex, ey = px.tolist(), py.tolist(), ex.tolist(), ey.tolist()
     # max |coordinate|: the extremes of x and y hold it
-    tol = 1e-12 * max(1.0, abs(px[0]), abs(px[4]), abs(py[2]), abs(py[6]))
-    edges = 0
-    for ax, ay, vx, vy in zip(px, py, ex, ey, strict=True):
-        if vx == 0 and vy == 0:  # the same extreme point in two directions
-            continue
-        # keep |= vx * (y - ay) - vy * (x - ax) <= tol
-        np.subtract(y, ay, out=t1)
-        np.multiply(vx, t1, out=t1)
-        np.subtract(x, ax, out=t2)
-        np.multiply(vy, t2, out=t2)
-        np.subtract(t1, t2, out=t1)
-        if edges == 0:
-            np.less_equal(t1, tol, out=keep)
-        else:
-            keep |= np.less_equal(t1, tol, out=c)
-        edges += 1
-    if edges < 3:  # the extreme points are collinear (or one point): no inside
+    tol = 1e-12 * max(1.0, abs(float(px[0])), abs(float(px[4])), abs(float(py[2])), abs(float(py[6])))
+    edge = (ex != 0) | (ey != 0)  # the same extreme point in two directions makes no edge
+    if np.count_nonzero(edge) < 3:  # the extreme points are collinear (or one point): no inside
         keep[:] = True
         return keep
+    if x.dtype == np.float32:
+        kernels.edge_tests(x, y, px[edge], py[edge], ex[edge], ey[edge], np.float32(tol), keep, t1, t2, c)
+    else:  # float64 (the general fit's flat clouds): numpy, in the points' dtype
+        kernels._edge_tests_np(x, y, px[edge], py[edge], ex[edge], ey[edge], tol, keep, t1, t2, c)
     keep[ext] = True
     return keep
 
@@ -496,6 +486,7 @@ def support_boxes(points_list: Sequence[np.ndarray], plane: SupportPlane) -> lis
     # Rows 0-2: the group's x, y, z (then the octagon's scratch); 3-5: u, v (the footprint), n · p; 6: scratch
     work = np.empty((7, max(big, min(_GROUP, sum(c.shape[0] for c in clouds)))), np.float32)
     flags = np.empty((2, big), bool) if big > _RECT_PREFILTER else None
+    pairs = np.empty((big, 2), np.float32) if big > _RECT_PREFILTER else None  # the prefiltered footprint
     boxed: list[int] = []
     rects, lo, hi = [], [], []
     i0 = 0
@@ -510,12 +501,19 @@ def support_boxes(points_list: Sequence[np.ndarray], plane: SupportPlane) -> lis
             if total < 3:
                 continue
             xyz, uvn, t = work[0:3, :total], work[3:6, :total], work[6, :total]
-            np.concatenate([p.T for p in group], axis=1, out=xyz, casting="unsafe")  # = astype(float32)
-            x, y, z = xyz
-            for k in range(3):  # coordinate along basis[:, k]: x * b0k + y * b1k + z * b2k
-                r = np.multiply(x, b32[0, k], out=uvn[k])
-                r += np.multiply(y, b32[1, k], out=t)
-                r += np.multiply(z, b32[2, k], out=t)
+            if kernels.ENABLED:  # one compiled pass per cloud; float32 clouds as they are (lifting gives them)
+                start = 0
+                for p in group:
+                    p32 = p if p.dtype == np.float32 and p.flags.c_contiguous else np.ascontiguousarray(p, np.float32)
+                    kernels.project(p32, b32, uvn[:, start : start + p.shape[0]], t)
+                    start += p.shape[0]
+            else:
+                np.concatenate([p.T for p in group], axis=1, out=xyz, casting="unsafe")  # = astype(float32)
+                x, y, z = xyz
+                for k in range(3):  # coordinate along basis[:, k]: x * b0k + y * b1k + z * b2k
+                    r = np.multiply(x, b32[0, k], out=uvn[k])
+                    r += np.multiply(y, b32[1, k], out=t)
+                    r += np.multiply(z, b32[2, k], out=t)
             # each cloud's rows and height range; a non-finite coordinate makes its point's height NaN or inf
             feet = []  # (cloud index, [2, c] footprint rows, lowest, highest height)
             finite = math.isfinite(uvn[2].sum())
@@ -527,7 +525,7 @@ def support_boxes(points_list: Sequence[np.ndarray], plane: SupportPlane) -> lis
                     continue
                 fab, up = uvn[0:2, rows], uvn[2, rows]
                 if not finite:  # drop the points with a non-finite coordinate
-                    keep = np.isfinite(xyz[:, rows]).all(axis=0)
+                    keep = np.isfinite(np.asarray(p, np.float32)).all(axis=1)  # as projected
                     fab, up = np.compress(keep, fab, axis=1), up[keep]
                     if up.shape[0] < 3:
                         continue
@@ -536,9 +534,12 @@ def support_boxes(points_list: Sequence[np.ndarray], plane: SupportPlane) -> lis
                 boxed.append(i)
                 lo.append(low)
                 hi.append(high)
-                if fab.shape[1] > _RECT_PREFILTER:
-                    fab = np.compress(_octagon_keep(fab[0], fab[1], work[0:2], flags), fab, axis=1)
-                (ca, cb), (w, h), deg = cv2.minAreaRect(fab.T.copy())  # [c, 2] rows as cv2 takes them
+                if fab.shape[1] > _RECT_PREFILTER:  # [c, 2] rows as cv2 takes them
+                    foot = kernels.select_pairs(fab[0], fab[1], _octagon_keep(fab[0], fab[1], work[0:2], flags),
+                                                pairs)
+                else:
+                    foot = fab.T.copy()
+                (ca, cb), (w, h), deg = cv2.minAreaRect(foot)
                 rects.append((ca, cb, w, h, deg))
     if not boxed:
         return out

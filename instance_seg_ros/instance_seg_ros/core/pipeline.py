@@ -29,6 +29,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from . import kernels
 from .config import CloudConfig, Config
 from .geometric_proposals import cluster_boxes
 from .geometry import centroid, oriented_box, support_boxes
@@ -404,6 +405,9 @@ class Segmenter:
         import open3d  # noqa: F401  (its first import costs ~0.5 s: pay it here, not on the first filtered frame)
 
         if m.warmup:
+            secs = kernels.warm_up()  # compile the numba loops now (or load them from numba's cache), not on frame 1
+            if secs > 0.5:
+                self._log(f"compiled the CPU loops (numba) in {secs:.1f} s; later starts load them from its cache")
             self.predictor.warmup()
             cloud = np.random.default_rng(0).random((64, 3))
             oriented_box(cloud)  # first call pays ~0.6 s of numpy set-up

@@ -776,11 +776,17 @@ class Predictor:
         paste = {"batched": paste_masks_batched, "opencv": paste_masks_opencv}.get(self.paste, paste_masks_thresholded)
         pasted = paste(probs, boxes, size, self.mask_threshold)
         masks = pasted[:, 0]
-        amodal = pasted[:, 1] | masks
+        regions = paste_regions(boxes, probs.shape[-1], size)
+        if self.paste == "opencv":  # amodal |= visible in place, inside the paste regions (nothing lies outside)
+            o = pasted.numpy()
+            for i, (x0, y0, x1, y1) in enumerate(regions.tolist()):
+                np.logical_or(o[i, 1, y0:y1, x0:x1], o[i, 0, y0:y1, x0:x1], out=o[i, 1, y0:y1, x0:x1])
+            amodal = pasted[:, 1]
+        else:
+            amodal = pasted[:, 1] | masks
         occ = d["occlusion"][keep].float() if "occlusion" in d else torch.zeros_like(scores[keep])
         labels = d["labels"][keep]
         scores = scores[keep]
-        regions = paste_regions(boxes, probs.shape[-1], size)
         if self.mask_nms == "ownership" and len(scores) > 1:
             kept, masks = mask_ownership_keep(masks, probs[:, 0], boxes, scores, self.mask_nms_threshold,
                                               self.mask_threshold, inplace=True,  # masks: our paste's

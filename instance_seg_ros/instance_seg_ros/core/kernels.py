@@ -1,0 +1,251 @@
+"""Compiled per-point loops (numba) for the hottest CPU steps outside the network, each with its numpy fallback.
+
+A numpy expression over a cloud takes one pass over memory per operation: the octagon prefilter of the support
+boxes (:mod:`.geometry`) made about 60 passes over each footprint. These loops make one pass (or one per octagon
+edge, over memory that stays in cache) and do **the same float32 operations in the same order** as the numpy
+code, so the results are the same bit for bit; ``test_kernels.py`` checks that on random and degenerate inputs.
+
+numba compiles each loop on first use (about a second, then cached on disk next to this file or in numba's
+per-user cache). :func:`warm_up` compiles them all on tiny inputs; the :class:`~.pipeline.Segmenter` calls it when
+it loads, so a node's first frame does not pay it. Without numba, or with ``ISR_NUMBA=0`` in the environment, the
+numpy versions run (:data:`ENABLED`).
+
+Nothing here imports ROS.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+import numpy as np
+
+__all__ = ["ENABLED", "edge_tests", "lift_boxes", "project", "select_pairs", "warm_up"]
+
+try:  # pragma: no cover - depends on the install
+    import numba
+
+    ENABLED = os.environ.get("ISR_NUMBA", "1").strip() not in ("0", "false", "no", "off")
+except ImportError:  # pragma: no cover
+    numba = None
+    ENABLED = False
+
+
+def _edge_tests_np(x: np.ndarray, y: np.ndarray, ax: np.ndarray, ay: np.ndarray, vx: np.ndarray, vy: np.ndarray,
+                   tol: float, keep: np.ndarray, t1: np.ndarray, t2: np.ndarray, c: np.ndarray) -> None:
+    """numpy :func:`edge_tests` in the points' dtype (float32 or float64): one call per operation and edge, in the
+    scratch rows ``t1``, ``t2`` (floats) and ``c`` (bool) of the points' length."""
+    for k in range(ax.shape[0]):
+        # keep |= vx * (y - ay) - vy * (x - ax) <= tol
+        np.subtract(y, ay[k], out=t1)
+        np.multiply(vx[k], t1, out=t1)
+        np.subtract(x, ax[k], out=t2)
+        np.multiply(vy[k], t2, out=t2)
+        np.subtract(t1, t2, out=t1)
+        if k == 0:
+            np.less_equal(t1, tol, out=keep)
+        else:
+            keep |= np.less_equal(t1, tol, out=c)
+
+
+def _edge_tests_loop(x, y, ax, ay, vx, vy, tol, keep):  # pragma: no cover - compiled by numba
+    n = x.shape[0]
+    for i in range(n):
+        keep[i] = False
+    for k in range(ax.shape[0]):
+        a_x, a_y, v_x, v_y = ax[k], ay[k], vx[k], vy[k]
+        for i in range(n):  # one pass per edge over memory in cache; vectorized by LLVM
+            t1 = y[i] - a_y
+            t1 = v_x * t1
+            t2 = x[i] - a_x
+            t2 = v_y * t2
+            t1 = t1 - t2
+            keep[i] |= t1 <= tol
+
+
+def _project_np(p: np.ndarray, b: np.ndarray, out: np.ndarray, t: np.ndarray) -> None:
+    """numpy :func:`project`, with the scratch row ``t`` (float32) of the points' length."""
+    x, y, z = p[:, 0], p[:, 1], p[:, 2]
+    for k in range(3):  # coordinate along b[:, k]: x * b0k + y * b1k + z * b2k
+        r = np.multiply(x, b[0, k], out=out[k])
+        r += np.multiply(y, b[1, k], out=t)
+        r += np.multiply(z, b[2, k], out=t)
+
+
+def _project_loop(p, b, out):  # pragma: no cover - compiled by numba
+    b00, b10, b20 = b[0, 0], b[1, 0], b[2, 0]
+    b01, b11, b21 = b[0, 1], b[1, 1], b[2, 1]
+    b02, b12, b22 = b[0, 2], b[1, 2], b[2, 2]
+    for i in range(p.shape[0]):
+        x, y, z = p[i, 0], p[i, 1], p[i, 2]
+        r = x * b00
+        r = r + y * b10
+        out[0, i] = r + z * b20
+        r = x * b01
+        r = r + y * b11
+        out[1, i] = r + z * b21
+        r = x * b02
+        r = r + y * b12
+        out[2, i] = r + z * b22
+
+
+def _select_pairs_loop(x, y, keep, out):  # pragma: no cover - compiled by numba
+    k = 0
+    for i in range(x.shape[0]):
+        if keep[i]:
+            out[k, 0] = x[i]
+            out[k, 1] = y[i]
+            k += 1
+    return k
+
+
+def _lift_codes_loop(d, m, boxes, dmin, dmax, check_pos, thr, stats, code):  # pragma: no cover - numba
+    """Per box pixel (boxes in order, row-major): 0 = not in the mask, 1 = in it, 2 = and its depth in range,
+    3 = and not a flying pixel (a point); the counts into ``stats``."""
+    h, w = d.shape
+    o = 0
+    for b in range(boxes.shape[0]):
+        i, y0, y1, x0, x1 = boxes[b, 0], boxes[b, 1], boxes[b, 2], boxes[b, 3], boxes[b, 4]
+        n_pix = 0
+        n_cov = 0
+        n_pts = 0
+        for y in range(y0, y1):
+            mrow = m[i, y]
+            drow = d[y]
+            up = d[y - 1] if y > 0 else drow
+            down = d[y + 1] if y + 1 < h else drow
+            for x in range(x0, x1):
+                k = 0
+                if mrow[x]:
+                    n_pix += 1
+                    k = 1
+                    z = drow[x]
+                    if z >= dmin and z <= dmax and (not check_pos or z > 0):  # NaN compares False
+                        n_cov += 1
+                        k = 3
+                        if thr > 0:  # a 4-neighbour more than thr * z away (NaN neighbours compare False)
+                            t = thr * z
+                            if ((x > 0 and abs(drow[x - 1] - z) > t) or (x + 1 < w and abs(drow[x + 1] - z) > t)
+                                    or abs(up[x] - z) > t or abs(down[x] - z) > t):
+                                k = 2
+                        n_pts += k == 3
+                code[o] = k
+                o += 1
+        stats[0, i] = n_pix
+        stats[1, i] = n_cov
+        stats[2, i] = n_pts
+
+
+def _lift_gather_loop(d, boxes, code, ucx, vcy, fx, fy, color, pts, cols):  # pragma: no cover - numba
+    o = 0
+    j = 0
+    with_color = cols.shape[0] > 0
+    for b in range(boxes.shape[0]):
+        y0, y1, x0, x1 = boxes[b, 1], boxes[b, 2], boxes[b, 3], boxes[b, 4]
+        for y in range(y0, y1):
+            v = vcy[y]
+            drow = d[y]
+            crow = color[y] if with_color else color[0]
+            for x in range(x0, x1):
+                if code[j] == 3:
+                    z = drow[x]
+                    t = z / fx
+                    pts[o, 0] = ucx[x] * t
+                    t = z / fy
+                    pts[o, 1] = v * t
+                    pts[o, 2] = z
+                    if with_color:
+                        cols[o, 0] = crow[x, 0]
+                        cols[o, 1] = crow[x, 1]
+                        cols[o, 2] = crow[x, 2]
+                    o += 1
+                j += 1
+
+
+if numba is not None:  # pragma: no branch
+    _edge_tests_nb = numba.njit(cache=True, nogil=True)(_edge_tests_loop)
+    _project_nb = numba.njit(cache=True, nogil=True)(_project_loop)
+    _select_pairs_nb = numba.njit(cache=True, nogil=True)(_select_pairs_loop)
+    _lift_codes_nb = numba.njit(cache=True, nogil=True)(_lift_codes_loop)
+    _lift_gather_nb = numba.njit(cache=True, nogil=True)(_lift_gather_loop)
+
+
+def edge_tests(x: np.ndarray, y: np.ndarray, ax: np.ndarray, ay: np.ndarray, vx: np.ndarray, vy: np.ndarray,
+               tol: np.float32, keep: np.ndarray, t1: np.ndarray, t2: np.ndarray, c: np.ndarray) -> None:
+    """``keep`` (bool [N]) = the points ``(x, y)`` (float32 [N]) on or outside at least one of the edges
+    ``(ax[k], ay[k])`` + t ``(vx[k], vy[k])`` (float32 [E], E >= 1): ``vx * (y - ay) - vy * (x - ax) <= tol``,
+    every step rounded to float32 as numpy does it. ``t1``, ``t2`` (float32 [N]) and ``c`` (bool [N]) are scratch
+    for the numpy version."""
+    if ENABLED:
+        _edge_tests_nb(x, y, ax, ay, vx, vy, np.float32(tol), keep)
+    else:
+        _edge_tests_np(x, y, ax, ay, vx, vy, np.float32(tol), keep, t1, t2, c)
+
+
+def project(p: np.ndarray, b: np.ndarray, out: np.ndarray, t: np.ndarray) -> None:
+    """``out[k] = p @ b[:, k]`` for k = 0, 1, 2, as ``x * b0k + y * b1k + z * b2k`` rounded to float32 step by step.
+
+    Args:
+        p (np.ndarray[N, 3] float32), b (np.ndarray[3, 3] float32): points and basis (columns).
+        out (np.ndarray[3, N] float32): the result rows (may be views of larger rows).
+        t (np.ndarray[N] float32): scratch for the numpy version.
+    """
+    if ENABLED:
+        _project_nb(p, b, out)
+    else:
+        _project_np(p, b, out, t)
+
+
+def select_pairs(x: np.ndarray, y: np.ndarray, keep: np.ndarray, out: np.ndarray) -> np.ndarray:
+    """The points ``(x[i], y[i])`` with ``keep[i]``, in order, as rows of ``out`` (float32 [>= N, 2]): returns the
+    C-contiguous view ``out[:k]`` (``np.compress`` and a transposed copy without numba)."""
+    if ENABLED:
+        return out[: _select_pairs_nb(x, y, keep, out)]
+    return np.ascontiguousarray(np.compress(keep, np.stack([x, y]), axis=1).T)
+
+
+def lift_boxes(d: np.ndarray, m: np.ndarray, boxes: np.ndarray, dmin: float, dmax: float, thr: float,
+               K_c: tuple[float, float, float, float], color: np.ndarray | None, stats: np.ndarray
+               ) -> tuple[np.ndarray, np.ndarray | None]:
+    """The compiled body of :func:`~.lifting.lift_instances`' numpy path (``erode_px = 0``, float32 depth): one
+    pass over the boxes' pixels classifies each (mask, depth in range, flying pixel) and counts, a second gathers
+    the points. Same rules and float32 operations as :func:`~.lifting._valid_rows` and the numpy gathers: depth
+    range and flying-pixel threshold compared in float32, points ``((u - cx) * (z / fx), (v - cy) * (z / fy), z)``.
+    Only with :data:`ENABLED`.
+
+    Args:
+        d (float32 [H, W]): depth. m (bool [N, H, W]): masks. boxes (int64 [B, 5]): ``(i, y0, y1, x0, x1)`` of each
+            non-empty mask. K_c: ``(fx, fy, cx, cy)``. color (uint8 [H, W, 3] | None). stats (int64 [3, N]): filled
+            with the mask pixels, those with depth in range, the points.
+
+    Returns:
+        points float32 [M, 3] and colors uint8 [M, 3] (None without color), mask by mask in ``boxes`` order,
+        row-major inside each box.
+    """
+    h, w = d.shape
+    fx, fy, cx, cy = K_c
+    area = int(((boxes[:, 2] - boxes[:, 1]) * (boxes[:, 4] - boxes[:, 3])).sum()) if boxes.shape[0] else 0
+    code = np.empty(area, np.uint8)
+    _lift_codes_nb(d, m, boxes, np.float32(dmin), np.float32(dmax), not dmin > 1e-30, np.float32(thr), stats, code)
+    total = int(stats[2].sum())
+    pts = np.empty((total, 3), np.float32)
+    cols = np.empty((total if color is not None else 0, 3), np.uint8)
+    ucx = np.arange(w).astype(np.float32) - np.float32(cx)
+    vcy = np.arange(h).astype(np.float32) - np.float32(cy)
+    _lift_gather_nb(d, boxes, code, ucx, vcy, np.float32(fx), np.float32(fy),
+                    np.zeros((1, 1, 3), np.uint8) if color is None else color, pts, cols)
+    return pts, (cols if color is not None else None)
+
+
+def warm_up() -> float:
+    """Compile (or load from numba's cache) every loop here on tiny inputs of the types the pipeline passes;
+    returns the seconds it took (0 without numba)."""
+    if not ENABLED:
+        return 0.0
+    t0 = time.perf_counter()
+    f = np.zeros(4, np.float32)
+    edge_tests(f, f, f[:1], f[:1], f[:1], f[:1], np.float32(0), np.zeros(4, bool), f, f, np.zeros(4, bool))
+    work = np.zeros((3, 8), np.float32)
+    project(np.zeros((4, 3), np.float32), np.eye(3, dtype=np.float32), work[:, 2:6], f)
+    select_pairs(work[0, :4], work[1, :4], np.ones(4, bool), np.zeros((4, 2), np.float32))
+    return time.perf_counter() - t0
