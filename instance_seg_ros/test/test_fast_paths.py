@@ -322,3 +322,40 @@ def test_cuda_fast_paths_match_the_cpu_reference(frame, fast_and_reference, prec
         ious = [_iou(a.full_mask(h, w), b.full_mask(h, w)) for b in expected.instances]
         good += max(ious, default=0.0) >= 0.95
     assert good >= len(res.instances) // 2
+
+
+def test_reused_mask_stack_gives_the_same_results_frame_after_frame():
+    """``reuse_buffers`` (the Segmenter's CPU default: one mask stack kept from frame to frame, only the last
+    frame's regions cleared): frames with more, fewer and dropped detections give exactly the results of fresh
+    stacks, and what an earlier frame returned is not changed by later frames."""
+    from instance_seg_ros.tools.bench_frame import make_frame
+    from instance_seg_ros.tools.cli_config import build_config
+
+    cfg = build_config()[0].replace(**{"model.warmup": False, "model.threads": 1})  # the bundled model
+    reuse, fresh = Segmenter(cfg, log=lambda m: None), Segmenter(cfg, log=lambda m: None)
+    reuse.load()
+    fresh.load()
+    fresh.predictor.reuse_buffers = False
+    assert reuse.predictor.reuse_buffers and reuse.predictor.paste == "opencv"
+    earlier, moved = [], False
+    for seed, n in ((0, 30), (1, 8), (3, 3), (0, 30)):
+        f = make_frame(640, 480, n, seed)
+        depth = f.depth.astype(np.float32)
+        a = reuse.process(f.color, depth, f.intrinsics)
+        b = fresh.process(f.color, depth, f.intrinsics)
+        moved |= any(len(r) > 1 for r in reuse.predictor._paste_dirty)  # ownership dropped one, rows moved up
+        assert len(a.instances) == len(b.instances) > 0
+        np.testing.assert_array_equal(a.label_image, b.label_image)
+        for x, y in zip(a.instances, b.instances, strict=True):
+            assert x.bbox == y.bbox and x.amodal_bbox == y.amodal_bbox
+            np.testing.assert_array_equal(x.mask, y.mask)
+            np.testing.assert_array_equal(x.amodal_mask, y.amodal_mask)
+            np.testing.assert_array_equal(x.points, y.points)
+        earlier.append((a, [(x.mask.copy(), x.amodal_mask.copy()) for x in a.instances]))
+    assert moved, "a frame should exercise the dropped-detection moves"
+    for res, masks in earlier:
+        for x, (m, am) in zip(res.instances, masks, strict=True):
+            np.testing.assert_array_equal(x.mask, m)
+            np.testing.assert_array_equal(x.amodal_mask, am)
+    reuse.release()
+    assert reuse.predictor is None or reuse.predictor._paste_buf is None

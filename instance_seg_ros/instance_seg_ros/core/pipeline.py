@@ -179,7 +179,8 @@ def _paint_labels(boxes: np.ndarray, crops: list[np.ndarray], h: int, w: int) ->
 
 
 def _crops(m: np.ndarray, boxes: np.ndarray) -> list[np.ndarray]:
-    return [np.ascontiguousarray(m[i, y : y + bh, x : x + bw]) for i, (x, y, bw, bh) in enumerate(boxes.tolist())]
+    # always copies: the masks may be the predictor's reused stack (reuse_buffers), which the next frame overwrites
+    return [m[i, y : y + bh, x : x + bw].copy() for i, (x, y, bw, bh) in enumerate(boxes.tolist())]
 
 
 def _boxes_in(m: np.ndarray, regions: np.ndarray | None) -> np.ndarray:
@@ -399,7 +400,7 @@ class Segmenter:
             mask_threshold=m.mask_threshold, nms_threshold=m.nms_threshold, mask_nms_threshold=m.mask_nms_threshold,
             mask_nms=m.mask_nms, max_instances=m.max_instances, proposals=m.proposals, min_size=m.min_size,
             max_size=m.max_size,
-            **({"channels_last": False, "paste": "loop"} if self.reference else {}),
+            **({"channels_last": False, "paste": "loop"} if self.reference else {"reuse_buffers": True}),
         )
         self.meta = meta
         import open3d  # noqa: F401  (its first import costs ~0.5 s: pay it here, not on the first filtered frame)

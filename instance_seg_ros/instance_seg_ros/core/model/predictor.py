@@ -211,7 +211,8 @@ def _opencv_pastes(probs: torch.Tensor, boxes: torch.Tensor, image_size: tuple[i
 
 
 def paste_masks_opencv(
-    probs: torch.Tensor, boxes: torch.Tensor, image_size: tuple[int, int], threshold: float
+    probs: torch.Tensor, boxes: torch.Tensor, image_size: tuple[int, int], threshold: float,
+    out: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """:func:`paste_masks_thresholded` on the CPU with OpenCV: each RoI channel resized by ``cv2.resize``
     (``INTER_LINEAR``: the same half-pixel bilinear sampling and edge clamping as ``F.interpolate(bilinear,
@@ -220,11 +221,16 @@ def paste_masks_opencv(
     positions in double precision, so a probability may differ by a few 1e-6 and a pixel that close to
     ``threshold`` may flip. CPU tensors only.
 
+    Args:
+        out: an all-False ``Tensor[N, K, H, W]`` bool to paste into (e.g. a buffer kept from frame to frame), instead
+            of a new one.
+
     Returns:
-        Tensor[N, K, H, W] bool (CPU).
+        Tensor[N, K, H, W] bool (CPU): ``out`` when given.
     """
     n, k = probs.shape[:2]
-    out = torch.zeros((n, k, *image_size), dtype=torch.bool)
+    if out is None:
+        out = torch.zeros((n, k, *image_size), dtype=torch.bool)
     o = out.numpy()
     for i, c, (y0, y1, x0, x1), m in _opencv_pastes(probs, boxes, image_size) if n else ():
         np.greater(m, threshold, out=o[i, c, y0:y1, x0:x1])
@@ -526,6 +532,10 @@ class Predictor:
             measured slower here (resnet50_fpn 640x480: 1144 vs 965 ms; efficientnet_lite0_fpn at 320x240: even).
         paste: how RoI masks are pasted into the image, one of :data:`PASTE_MODES` (``auto``: ``batched`` on
             accelerators, ``opencv`` on the CPU; ``loop`` is the plain per-RoI ``F.interpolate``, the reference).
+        reuse_buffers: with the ``opencv`` paste, paste into one mask stack kept from frame to frame (only the
+            regions the last frame wrote are cleared: no new multi-megabyte allocation, and its page faults, per
+            frame). The masks of a :class:`Detections` are then views of it, **valid until the next**
+            :meth:`predict`: for a caller that consumes them at once, as the :class:`~..pipeline.Segmenter` does.
     """
 
     def __init__(
@@ -548,6 +558,7 @@ class Predictor:
         log: Callable[[str], Any] | None = None,
         channels_last: bool | None = None,
         paste: str = "auto",
+        reuse_buffers: bool = False,
     ) -> None:
         if not isinstance(model, AmodalMaskRCNN):
             raise PredictorError(f"model must be an AmodalMaskRCNN, got {type(model).__name__}.")
@@ -604,6 +615,9 @@ class Predictor:
         self.channels_last = (self.device.type == "cuda") if channels_last is None else bool(channels_last)
         self._last_size: tuple[int, int] | None = None
         self._input_buf: torch.Tensor | None = None  # the CPU network input's frame-sized work tensor (_cpu_input)
+        self.reuse_buffers = bool(reuse_buffers)
+        self._paste_buf: torch.Tensor | None = None  # reuse_buffers: the mask stack [slots, 2, H, W] bool
+        self._paste_dirty: list[list[tuple[int, int, int, int]]] = []  # per slot, the regions written into it
         self.model.eval()
         self.model.to(self.device)
         if self.channels_last:
@@ -765,6 +779,21 @@ class Predictor:
         batched = tf.batch_images([image], size_divisible=tf.size_divisible)  # a copy: buf is free again
         return ImageList(batched, [(int(image.shape[-2]), int(image.shape[-1]))])
 
+    def _clean_stack(self, n: int, size: tuple[int, int]) -> torch.Tensor:
+        """``reuse_buffers``: an all-False ``[n, 2, H, W]`` view of the kept mask stack; only the regions written by
+        the last frame are cleared (the stack grows, once, when a frame has more detections than it has slots)."""
+        buf = self._paste_buf
+        if buf is None or buf.shape[0] < n or tuple(buf.shape[2:]) != tuple(size):
+            buf = self._paste_buf = torch.zeros((max(n, 1), 2, *size), dtype=torch.bool)
+            self._paste_dirty = [[] for _ in range(buf.shape[0])]
+        else:
+            o = buf.numpy()
+            for slot, regions in enumerate(self._paste_dirty):
+                for x0, y0, x1, y1 in regions:
+                    o[slot, :, y0:y1, x0:x1] = False
+                regions.clear()
+        return buf[:n]
+
     def _postprocess(self, d: dict[str, torch.Tensor], net_size: tuple[int, int], size: tuple[int, int]) -> Detections:
         scores = d["scores"].float()
         keep = torch.where(scores >= self.score_threshold)[0]
@@ -774,12 +803,19 @@ class Predictor:
             boxes = resize_boxes(boxes, list(net_size), list(size))
         probs = torch.cat([d["masks"][keep], d["amodal_masks"][keep]], dim=1)  # [N, 2, 28, 28]
         paste = {"batched": paste_masks_batched, "opencv": paste_masks_opencv}.get(self.paste, paste_masks_thresholded)
-        pasted = paste(probs, boxes, size, self.mask_threshold)
+        reuse = self.reuse_buffers and self.paste == "opencv"
+        if reuse:
+            pasted = paste_masks_opencv(probs, boxes, size, self.mask_threshold, out=self._clean_stack(len(keep), size))
+        else:
+            pasted = paste(probs, boxes, size, self.mask_threshold)
         masks = pasted[:, 0]
         regions = paste_regions(boxes, probs.shape[-1], size)
+        region_list = regions.tolist()
+        if reuse:
+            self._paste_dirty[: len(region_list)] = [[tuple(r)] for r in region_list]
         if self.paste == "opencv":  # amodal |= visible in place, inside the paste regions (nothing lies outside)
             o = pasted.numpy()
-            for i, (x0, y0, x1, y1) in enumerate(regions.tolist()):
+            for i, (x0, y0, x1, y1) in enumerate(region_list):
                 np.logical_or(o[i, 1, y0:y1, x0:x1], o[i, 0, y0:y1, x0:x1], out=o[i, 1, y0:y1, x0:x1])
             amodal = pasted[:, 1]
         else:
@@ -792,8 +828,15 @@ class Predictor:
                                               self.mask_threshold, inplace=True,  # masks: our paste's
                                               opencv=self.paste == "opencv")
             if len(kept) < len(scores):
-                boxes, labels, scores, amodal, occ, regions = (
-                    t[kept] for t in (boxes, labels, scores, amodal, occ, regions))
+                if reuse:  # the amodal rows moved up in place like the visible ones: views, no new stack
+                    for dst, src in enumerate(kept.tolist()):
+                        if dst != src:
+                            pasted[dst, 1] = pasted[src, 1]
+                            self._paste_dirty[dst].append(tuple(region_list[src]))
+                    amodal = pasted[: len(kept), 1]
+                else:
+                    amodal = amodal[kept]
+                boxes, labels, scores, occ, regions = (t[kept] for t in (boxes, labels, scores, occ, regions))
         elif self.mask_nms_threshold < 1.0 and len(scores) > 1:
             kept = mask_overlap_keep(masks, self.mask_nms_threshold)
             if len(kept) < len(scores):
@@ -821,7 +864,8 @@ class Predictor:
 
     def release(self) -> None:
         """Free accelerator memory (lifecycle deactivate): the model moves to the CPU and CUDA's cache is
-        emptied. The next :meth:`predict` / :meth:`warmup` moves it back."""
+        emptied; the kept CPU work buffers are dropped. The next :meth:`predict` / :meth:`warmup` moves it back."""
+        self._input_buf, self._paste_buf, self._paste_dirty = None, None, []
         if self.device.type == "cuda":
             self.model.to("cpu")
             self._on_device = False
