@@ -138,3 +138,28 @@ def test_lifting_is_numpys_bit_for_bit(compiled, with_color, depth_min, flying):
             np.testing.assert_array_equal(x.colors, y.colors)
         else:
             assert x.colors is None and y.colors is None
+
+
+def test_cluster_foreground_is_numpys(compiled):
+    """The geometric proposals' clusters: a table seen from above at an angle, boxes standing on it (depth jumps at
+    their edges), holes, zeros and infinities."""
+    from instance_seg_ros.core.geometric_proposals import cluster_boxes
+    from instance_seg_ros.core.support_plane import fit_support_plane
+
+    rng = np.random.default_rng(10)
+    h, w = 240, 320
+    K = Intrinsics(fx=300.0, fy=300.0, cx=159.5, cy=119.5, width=w, height=h)
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    depth = 0.9 + 0.0015 * (yy - h / 2)  # a table tilted away from the camera
+    for x0, y0, bw, bh, rise in ((40, 50, 40, 30, 0.08), (150, 100, 60, 50, 0.05), (250, 30, 30, 90, 0.12)):
+        depth[y0 : y0 + bh, x0 : x0 + bw] -= rise  # boxes: nearer to the camera
+    depth = (depth + rng.normal(0, 0.0005, (h, w))).astype(np.float32)
+    depth[rng.random((h, w)) < 0.03] = np.nan
+    depth[0, :3] = np.inf, 0.0, -1.0
+    plane = fit_support_plane(depth, K)
+    assert plane is not None
+    a, b = compiled(lambda: cluster_boxes(depth, K, plane, stride=2))
+    assert len(a) >= 3
+    np.testing.assert_array_equal(a, b)
+    a, b = compiled(lambda: cluster_boxes(depth, K, plane, stride=1, jump=0.01))
+    np.testing.assert_array_equal(a, b)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from . import kernels
 from .support_plane import SupportPlane
 from .types import Intrinsics
 
@@ -53,24 +54,27 @@ def cluster_boxes(
 
     d = np.asarray(depth, dtype=np.float32)[::stride, ::stride]
     h, w = d.shape
-    valid = np.isfinite(d) & (d > 0)
-    z = np.where(valid, d, 0.0)
     xs = (np.arange(w, dtype=np.float32) * stride - K.cx) / K.fx
     ys = (np.arange(h, dtype=np.float32) * stride - K.cy) / K.fy
     n = plane.normal.astype(np.float32)
-    height = z * (n[0] * xs[None, :] + n[1] * ys[:, None] + n[2]) + np.float32(plane.offset)
-    fg = valid & (height > min_height)
-    # cut at depth discontinuities: both pixels of a jumping pair leave the foreground
-    cut = np.zeros_like(fg)
-    with np.errstate(invalid="ignore"):
-        jx = np.abs(z[:, 1:] - z[:, :-1]) > jump * np.minimum(z[:, 1:], z[:, :-1])
-        jy = np.abs(z[1:, :] - z[:-1, :]) > jump * np.minimum(z[1:, :], z[:-1, :])
-    cut[:, 1:] |= jx
-    cut[:, :-1] |= jx
-    cut[1:, :] |= jy
-    cut[:-1, :] |= jy
-    fg &= ~cut
-    count, _, stats, _ = cv2.connectedComponentsWithStats(fg.astype(np.uint8), connectivity=4)
+    if kernels.ENABLED:  # the same foreground in one compiled pass
+        fg = kernels.cluster_foreground(d, xs, ys, n, plane.offset, min_height, jump)
+    else:
+        valid = np.isfinite(d) & (d > 0)
+        z = np.where(valid, d, 0.0)
+        height = z * (n[0] * xs[None, :] + n[1] * ys[:, None] + n[2]) + np.float32(plane.offset)
+        fg = valid & (height > min_height)
+        # cut at depth discontinuities: both pixels of a jumping pair leave the foreground
+        cut = np.zeros_like(fg)
+        with np.errstate(invalid="ignore"):
+            jx = np.abs(z[:, 1:] - z[:, :-1]) > jump * np.minimum(z[:, 1:], z[:, :-1])
+            jy = np.abs(z[1:, :] - z[:-1, :]) > jump * np.minimum(z[1:, :], z[:-1, :])
+        cut[:, 1:] |= jx
+        cut[:, :-1] |= jx
+        cut[1:, :] |= jy
+        cut[:-1, :] |= jy
+        fg = (fg & ~cut).view(np.uint8)
+    count, _, stats, _ = cv2.connectedComponentsWithStats(fg, connectivity=4)
     if count <= 1:
         return np.zeros((0, 4), np.float32)
     st = stats[1:].astype(np.float32)

@@ -20,7 +20,7 @@ import time
 
 import numpy as np
 
-__all__ = ["ENABLED", "edge_tests", "lift_boxes", "project", "select_pairs", "warm_up"]
+__all__ = ["ENABLED", "cluster_foreground", "edge_tests", "lift_boxes", "project", "select_pairs", "warm_up"]
 
 try:  # pragma: no cover - depends on the install
     import numba
@@ -162,12 +162,39 @@ def _lift_gather_loop(d, boxes, code, ucx, vcy, fx, fy, color, pts, cols):  # pr
                 j += 1
 
 
+def _cluster_fg_loop(d, xs, ys, n0, n1, n2, off, min_height, jump, z, fg):  # pragma: no cover - numba
+    h, w = d.shape
+    for y in range(h):
+        for x in range(w):
+            v = d[y, x]
+            z[y, x] = v if (np.isfinite(v) and v > 0) else np.float32(0.0)
+    for y in range(h):
+        for x in range(w):
+            zz = z[y, x]
+            keep = False
+            if zz > 0:  # valid: finite and positive
+                inner = n0 * xs[x] + n1 * ys[y]
+                inner = inner + n2
+                height = zz * inner + off
+                keep = height > min_height
+            if keep:  # cut where a 4-neighbour's depth jumps by more than jump x the smaller of the two
+                for dy, dx in ((0, -1), (0, 1), (-1, 0), (1, 0)):
+                    yy, xx = y + dy, x + dx
+                    if 0 <= yy < h and 0 <= xx < w:
+                        q = z[yy, xx]
+                        if abs(q - zz) > jump * min(q, zz):
+                            keep = False
+                            break
+            fg[y, x] = keep
+
+
 if numba is not None:  # pragma: no branch
     _edge_tests_nb = numba.njit(cache=True, nogil=True)(_edge_tests_loop)
     _project_nb = numba.njit(cache=True, nogil=True)(_project_loop)
     _select_pairs_nb = numba.njit(cache=True, nogil=True)(_select_pairs_loop)
     _lift_codes_nb = numba.njit(cache=True, nogil=True)(_lift_codes_loop)
     _lift_gather_nb = numba.njit(cache=True, nogil=True)(_lift_gather_loop)
+    _cluster_fg_nb = numba.njit(cache=True, nogil=True)(_cluster_fg_loop)
 
 
 def edge_tests(x: np.ndarray, y: np.ndarray, ax: np.ndarray, ay: np.ndarray, vx: np.ndarray, vy: np.ndarray,
@@ -224,6 +251,8 @@ def lift_boxes(d: np.ndarray, m: np.ndarray, boxes: np.ndarray, dmin: float, dma
     """
     h, w = d.shape
     fx, fy, cx, cy = K_c
+    d = np.ascontiguousarray(d)  # one compiled layout (no copy for the pipeline's arrays)
+    color = None if color is None else np.ascontiguousarray(color)
     area = int(((boxes[:, 2] - boxes[:, 1]) * (boxes[:, 4] - boxes[:, 3])).sum()) if boxes.shape[0] else 0
     code = np.empty(area, np.uint8)
     _lift_codes_nb(d, m, boxes, np.float32(dmin), np.float32(dmax), not dmin > 1e-30, np.float32(thr), stats, code)
@@ -237,6 +266,20 @@ def lift_boxes(d: np.ndarray, m: np.ndarray, boxes: np.ndarray, dmin: float, dma
     return pts, (cols if color is not None else None)
 
 
+def cluster_foreground(d: np.ndarray, xs: np.ndarray, ys: np.ndarray, normal: np.ndarray, offset: float,
+                       min_height: float, jump: float) -> np.ndarray:
+    """The compiled foreground of :func:`~.geometric_proposals.cluster_boxes` (``uint8 [h, w]``, 1 = foreground):
+    valid depth (finite, > 0) higher than ``min_height`` above the plane, not at a depth jump; the same float32
+    operations as its numpy code. ``d`` (float32 [h, w], any strides) is the subsampled depth, ``xs`` / ``ys``
+    (float32) the grid's normalized image coordinates, ``normal`` (float32 [3]) and ``offset`` the plane's. Only
+    with :data:`ENABLED`."""
+    z = np.empty(d.shape, np.float32)
+    fg = np.empty(d.shape, np.uint8)
+    n = np.asarray(normal, np.float32)
+    _cluster_fg_nb(d, xs, ys, n[0], n[1], n[2], np.float32(offset), np.float32(min_height), np.float32(jump), z, fg)
+    return fg
+
+
 def warm_up() -> float:
     """Compile (or load from numba's cache) every loop here on tiny inputs of the types the pipeline passes;
     returns the seconds it took (0 without numba)."""
@@ -248,4 +291,10 @@ def warm_up() -> float:
     work = np.zeros((3, 8), np.float32)
     project(np.zeros((4, 3), np.float32), np.eye(3, dtype=np.float32), work[:, 2:6], f)
     select_pairs(work[0, :4], work[1, :4], np.ones(4, bool), np.zeros((4, 2), np.float32))
+    depth = np.ones((4, 4), np.float32)
+    for masks in (np.zeros((2, 2, 4, 4), bool)[:, 0], np.zeros((2, 4, 4), bool)):  # the paste's strided stack, and C
+        for color in (np.zeros((4, 4, 3), np.uint8), None):
+            lift_boxes(depth, masks, np.array([[0, 0, 1, 0, 1]], np.int64), 0.1, 5.0, 0.03, (1.0, 1.0, 0.0, 0.0),
+                       color, np.zeros((3, 2), np.int64))
+    cluster_foreground(depth[::2, ::2], f[:2], f[:2], np.ones(3, np.float32), 0.0, 0.01, 0.03)
     return time.perf_counter() - t0
