@@ -163,3 +163,26 @@ def test_cluster_foreground_is_numpys(compiled):
     np.testing.assert_array_equal(a, b)
     a, b = compiled(lambda: cluster_boxes(depth, K, plane, stride=1, jump=0.01))
     np.testing.assert_array_equal(a, b)
+
+
+def test_mask_ownership_settling_is_numpys(compiled):
+    """The shared pixels of overlapping masks settled pair by pair (the compiled loop against the numpy one), with
+    drops, ties (flat probabilities) and masks reaching over the border."""
+    import torch
+
+    from instance_seg_ros.core.model.predictor import mask_ownership_keep, paste_masks_batched
+
+    g = torch.Generator().manual_seed(4)
+    for k in range(40):
+        n = int(torch.randint(2, 12, (1,), generator=g))
+        xy = torch.rand(n, 2, generator=g) * torch.tensor([100.0, 70.0]) - 10.0
+        boxes = torch.cat([xy, xy + torch.rand(n, 2, generator=g) * 60 + 2], dim=1)
+        probs = torch.nn.functional.avg_pool2d(torch.rand(n, 1, 28, 28, generator=g), 5, 1, 2)[:, 0] * 1.6 - 0.3
+        if k % 3 == 0:
+            probs = (probs > 0.5).float() * 0.9  # ties everywhere
+        scores = torch.sort(torch.rand(n, generator=g), descending=True).values
+        masks = paste_masks_batched(probs[:, None], boxes, (80, 96), 0.5)[:, 0]
+        thr, stride = float(torch.rand(1, generator=g)), int(torch.randint(1, 5, (1,), generator=g))
+        a, b = compiled(lambda masks=masks, probs=probs, boxes=boxes, scores=scores, thr=thr, stride=stride:
+                        mask_ownership_keep(masks, probs, boxes, scores, thr, stride=stride))
+        assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])

@@ -20,7 +20,17 @@ import time
 
 import numpy as np
 
-__all__ = ["ENABLED", "cluster_foreground", "edge_tests", "lift_boxes", "project", "select_pairs", "warm_up"]
+__all__ = [
+    "ENABLED",
+    "alive",
+    "cluster_foreground",
+    "edge_tests",
+    "lift_boxes",
+    "project",
+    "select_pairs",
+    "settle_pairs",
+    "warm_up",
+]
 
 try:  # pragma: no cover - depends on the install
     import numba
@@ -188,6 +198,68 @@ def _cluster_fg_loop(d, xs, ys, n0, n1, n2, off, min_height, jump, z, fg):  # pr
             fg[y, x] = keep
 
 
+def _settle_pairs_loop(out, qk, pairs, lo, hi, stride):  # pragma: no cover - numba
+    for p in range(pairs.shape[0]):
+        i, j = pairs[p, 0], pairs[p, 1]
+        for y in range(lo[p, 1], hi[p, 1]):
+            cy = y // stride
+            for x in range(lo[p, 0], hi[p, 0]):
+                if out[i, y, x] and out[j, y, x]:
+                    cx = x // stride
+                    if qk[j, cy, cx] > qk[i, cy, cx]:
+                        out[i, y, x] = False
+                    else:
+                        out[j, y, x] = False
+
+
+def _alive_loop(q, limit, alive):  # pragma: no cover - numba
+    n, m = q.shape
+    area = np.zeros(n, np.int64)
+    claimants = np.zeros(m, np.int64)
+    for i in range(n):
+        for c in range(m):
+            if q[i, c] > 0:
+                area[i] += 1
+                claimants[c] += 1
+    n_contested = 0
+    for c in range(m):
+        n_contested += claimants[c] >= 2
+    work = np.empty((n, n_contested), np.float32)
+    sole = area.copy()
+    k = 0
+    for c in range(m):
+        if claimants[c] >= 2:
+            for i in range(n):
+                v = q[i, c]
+                work[i, k] = v
+                sole[i] -= v > 0
+            k += 1
+    owned = np.empty(n, np.int64)
+    for i in range(n):
+        alive[i] = True
+    for _ in range(n):
+        owned[:] = sole
+        for c in range(n_contested):
+            best = 0
+            bv = work[0, c]
+            for i in range(1, n):
+                if work[i, c] > bv:  # the first of equal maxima owns the cell
+                    bv = work[i, c]
+                    best = i
+            if bv > 0:
+                owned[best] += 1
+        drop = -1
+        for i in range(n):
+            share = np.float32(1.0) if area[i] == 0 else np.float32(owned[i]) / np.float32(max(area[i], 1))
+            if alive[i] and share < limit:
+                drop = i  # the last (lowest-scored) loser
+        if drop < 0:
+            break
+        alive[drop] = False
+        for c in range(n_contested):
+            work[drop, c] = 0.0
+
+
 if numba is not None:  # pragma: no branch
     _edge_tests_nb = numba.njit(cache=True, nogil=True)(_edge_tests_loop)
     _project_nb = numba.njit(cache=True, nogil=True)(_project_loop)
@@ -195,6 +267,8 @@ if numba is not None:  # pragma: no branch
     _lift_codes_nb = numba.njit(cache=True, nogil=True)(_lift_codes_loop)
     _lift_gather_nb = numba.njit(cache=True, nogil=True)(_lift_gather_loop)
     _cluster_fg_nb = numba.njit(cache=True, nogil=True)(_cluster_fg_loop)
+    _settle_pairs_nb = numba.njit(cache=True, nogil=True)(_settle_pairs_loop)
+    _alive_nb = numba.njit(cache=True, nogil=True)(_alive_loop)
 
 
 def edge_tests(x: np.ndarray, y: np.ndarray, ax: np.ndarray, ay: np.ndarray, vx: np.ndarray, vy: np.ndarray,
@@ -280,6 +354,23 @@ def cluster_foreground(d: np.ndarray, xs: np.ndarray, ys: np.ndarray, normal: np
     return fg
 
 
+def settle_pairs(out: np.ndarray, qk: np.ndarray, pairs: np.ndarray, lo: np.ndarray, hi: np.ndarray,
+                 stride: int) -> None:
+    """The compiled loop of :func:`~.model.predictor._settle_pairs_np`: for each pair ``(i, j)`` of ``pairs``
+    (int64 [P, 2], in order) the pixels both masks of ``out`` (bool [K, H, W], any strides) claim inside ``lo`` ..
+    ``hi`` (int64 [P, 2] ``(x, y)``, end exclusive) go to the higher ``qk`` (float32 [K, H / stride, W / stride])
+    there, ties to ``i``. Only with :data:`ENABLED`."""
+    _settle_pairs_nb(out, qk, pairs, lo, hi, int(stride))
+
+
+def alive(q: np.ndarray, threshold: float) -> np.ndarray:
+    """The compiled :func:`~.model.predictor._alive_np` (bool [N]): the same counts, float32 shares and tie rule.
+    ``q`` (float32 [N, cells], C-contiguous) is not changed. Only with :data:`ENABLED`."""
+    out = np.empty(q.shape[0], bool)
+    _alive_nb(np.ascontiguousarray(q, np.float32), np.float32(1.0 - threshold), out)
+    return out
+
+
 def warm_up() -> float:
     """Compile (or load from numba's cache) every loop here on tiny inputs of the types the pipeline passes;
     returns the seconds it took (0 without numba)."""
@@ -297,4 +388,8 @@ def warm_up() -> float:
             lift_boxes(depth, masks, np.array([[0, 0, 1, 0, 1]], np.int64), 0.1, 5.0, 0.03, (1.0, 1.0, 0.0, 0.0),
                        color, np.zeros((3, 2), np.int64))
     cluster_foreground(depth[::2, ::2], f[:2], f[:2], np.ones(3, np.float32), 0.0, 0.01, 0.03)
+    alive(np.zeros((2, 3), np.float32), 0.5)
+    pair = np.zeros((1, 2), np.int64)
+    for masks in (np.zeros((2, 2, 4, 4), bool)[:, 0], np.zeros((2, 4, 4), bool)):
+        settle_pairs(masks, np.zeros((2, 1, 1), np.float32), pair, pair, pair, 4)
     return time.perf_counter() - t0

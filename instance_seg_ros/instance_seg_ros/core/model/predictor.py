@@ -27,6 +27,7 @@ from torchvision.models.detection.image_list import ImageList
 from torchvision.models.detection.roi_heads import expand_boxes, expand_masks
 from torchvision.models.detection.transform import resize_boxes
 
+from .. import kernels
 from .amodal_maskrcnn import AmodalMaskRCNN
 from .inputs import check_model_input, frame_to_input
 from .meta import ModelMeta
@@ -378,6 +379,8 @@ def _alive_torch(q: torch.Tensor, threshold: float) -> torch.Tensor:
 def _alive_np(q: np.ndarray, threshold: float) -> np.ndarray:
     """:func:`_alive_torch` in numpy (bool[N] alive), with the same float32 arithmetic and the same tie rule (the
     first of equal maxima owns a cell)."""
+    if kernels.ENABLED:
+        return kernels.alive(q, threshold)
     n = q.shape[0]
     claimed = (q > 0).view(np.uint8)  # counted with uint8 / int32 sums: several times cheaper than count_nonzero
     area = np.add.reduce(claimed, axis=1, dtype=np.int32)
@@ -411,6 +414,12 @@ def _settle_pairs_np(out: np.ndarray, qk: np.ndarray, ib: np.ndarray, stride: in
     hi = np.minimum(ib[:, None, 2:], ib[None, :, 2:]) + 1
     hi[..., 0] = hi[..., 0].clip(max=w)
     hi[..., 1] = hi[..., 1].clip(max=h)
+    if kernels.ENABLED:  # the same pairs in the same order, pixel by pixel in one compiled loop
+        i, j = np.nonzero(np.triu((hi > lo).all(axis=2), k=1))
+        pairs = np.stack([i, j], axis=1).astype(np.int64)
+        kernels.settle_pairs(out, np.ascontiguousarray(qk, np.float32), pairs, lo[i, j].astype(np.int64),
+                             hi[i, j].astype(np.int64), stride)
+        return
     for i, j in zip(*np.nonzero(np.triu((hi > lo).all(axis=2), k=1)), strict=True):
         (x0, y0), (x1, y1) = lo[i, j], hi[i, j]
         ys, xs = np.nonzero(out[i, y0:y1, x0:x1] & out[j, y0:y1, x0:x1])
