@@ -224,3 +224,24 @@ def test_model_proposals_sets_the_rpn_budget():
     seg.update_config(cfg.replace(**{"model.proposals": 0}))  # the model's own
     seg.predictor.predict(color, depth)
     assert rpn._post_nms_top_n["testing"] == 300
+
+
+def test_coarse_ownership_weights_region_by_region_equal_whole_images():
+    """The CPU path's q (score x coarse probability, 0 at or below the mask threshold), computed region by region
+    while pasting, equals the whole-image product and mask of the same OpenCV paste, bit for bit, probabilities
+    exactly at the threshold included."""
+    import torch
+
+    from instance_seg_ros.core.model.predictor import _coarse_q_opencv, paste_probs_opencv
+
+    g = torch.Generator().manual_seed(6)
+    probs = torch.rand(9, 28, 28, generator=g)
+    probs[:, ::5, ::3] = 0.3  # exactly the threshold
+    xy = torch.rand(9, 2, generator=g) * torch.tensor([30.0, 20.0]) - 5.0
+    boxes = torch.cat([xy, xy + torch.rand(9, 2, generator=g) * 20 + 1], dim=1)
+    scores = torch.rand(9, generator=g)
+    for thr in (0.3, 0.5, 0.0):
+        pc = paste_probs_opencv(probs[:, None], boxes, (30, 40))[:, 0].flatten(1)
+        below = pc <= thr
+        ref = pc.mul_(scores[:, None]).masked_fill_(below, 0.0)
+        assert torch.equal(_coarse_q_opencv(probs, boxes, (30, 40), scores, thr), ref)

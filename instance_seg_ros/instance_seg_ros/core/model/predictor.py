@@ -289,6 +289,20 @@ def paste_probs_opencv(probs: torch.Tensor, boxes: torch.Tensor, image_size: tup
     return out
 
 
+def _coarse_q_opencv(probs: torch.Tensor, boxes: torch.Tensor, size: tuple[int, int], scores: torch.Tensor,
+                     mask_threshold: float) -> torch.Tensor:
+    """:func:`mask_ownership_keep`'s ``q`` (``[N, H * W]`` float32: score x coarse probability, 0 where the probability
+    is at most ``mask_threshold``) computed region by region as the probabilities are pasted (:func:`_opencv_pastes`)
+    instead of over whole coarse images: the same float32 products and comparisons."""
+    n = probs.shape[0]
+    q = torch.zeros((n, *size), dtype=torch.float32)
+    o, sc, thr = q.numpy(), scores.float().numpy(), np.float32(mask_threshold)
+    for i, _, (y0, y1, x0, x1), m in _opencv_pastes(probs[:, None].float(), boxes, size) if n else ():
+        region = np.multiply(m, sc[i], out=o[i, y0:y1, x0:x1])
+        region[m <= thr] = 0.0
+    return q.flatten(1)
+
+
 def mask_ownership_keep(
     masks: torch.Tensor, probs: torch.Tensor, boxes: torch.Tensor, scores: torch.Tensor, threshold: float,
     mask_threshold: float = 0.5, stride: int = 4, inplace: bool = False, opencv: bool = False, _dense: bool = False,
@@ -323,10 +337,12 @@ def mask_ownership_keep(
         return torch.arange(n, device=dev), masks
     hc, wc = -(-h // stride), -(-w // stride)
     coarse_boxes = boxes.float() / stride
-    coarse = paste_probs_opencv if opencv and dev.type == "cpu" else paste_probs_batched
-    pc = coarse(probs[:, None].float(), coarse_boxes, (hc, wc))[:, 0].flatten(1)  # [N, hc * wc]
-    below = pc <= mask_threshold
-    q = pc.mul_(scores.float()[:, None]).masked_fill_(below, 0.0)  # in place: pc is our own
+    if opencv and dev.type == "cpu":
+        q = _coarse_q_opencv(probs, coarse_boxes, (hc, wc), scores, mask_threshold)
+    else:
+        pc = paste_probs_batched(probs[:, None].float(), coarse_boxes, (hc, wc))[:, 0].flatten(1)  # [N, hc * wc]
+        below = pc <= mask_threshold
+        q = pc.mul_(scores.float()[:, None]).masked_fill_(below, 0.0)  # in place: pc is our own
     if dev.type == "cpu" and not _dense:  # numpy's bool reductions are several times cheaper than torch's
         kept = torch.from_numpy(np.flatnonzero(_alive_np(q.numpy(), threshold)))
     else:
