@@ -10,6 +10,7 @@ a GPU is present.
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 import numpy as np
@@ -223,7 +224,11 @@ def test_paste_regions_hold_every_pasted_pixel(paste):
     assert out.any() and not (out & ~inside).any()
 
 
-def test_batched_paste_equals_the_per_roi_paste():
+@pytest.mark.parametrize("paste", ["batched", "opencv"])
+def test_fast_pastes_equal_the_per_roi_paste(paste):
+    """The batched paste (accelerators; in chunks) and the OpenCV one (the CPU default) against the plain per-RoI
+    F.interpolate: boxes partly or entirely outside the image, degenerate and sub-pixel ones; only float rounding at
+    the threshold may differ."""
     g = torch.Generator().manual_seed(1)
     probs = torch.rand(40, 2, 28, 28, generator=g)
     xy = torch.rand(40, 2, generator=g) * torch.tensor([200.0, 150.0]) - 20.0
@@ -231,31 +236,15 @@ def test_batched_paste_equals_the_per_roi_paste():
     boxes = torch.cat([xy, xy + wh], dim=1)
     boxes[0] = torch.tensor([-50.0, -50.0, -10.0, -10.0])  # entirely outside
     boxes[1] = torch.tensor([30.0, 30.0, 30.0, 30.0])  # degenerate
-    for thr in (0.0, 0.3, 0.5):
-        ref = paste_masks_thresholded(probs, boxes, (120, 160), thr)
-        got = paste_masks_batched(probs, boxes, (120, 160), thr, max_elements=2 * 120 * 160 * 7)  # 7 RoIs a chunk
-        assert got.dtype == torch.bool and got.shape == ref.shape
-        assert int((got != ref).sum()) <= 2, "only float rounding at the threshold may differ"
-    assert paste_masks_batched(probs[:0], boxes[:0], (120, 160), 0.5).shape == (0, 2, 120, 160)
-
-
-def test_opencv_paste_equals_the_per_roi_paste():
-    """The CPU default (cv2.resize per RoI channel) against the plain per-RoI F.interpolate: boxes partly or entirely
-    outside the image, degenerate and sub-pixel ones; only float rounding at the threshold may differ."""
-    g = torch.Generator().manual_seed(2)
-    probs = torch.rand(40, 2, 28, 28, generator=g)
-    xy = torch.rand(40, 2, generator=g) * torch.tensor([200.0, 150.0]) - 20.0
-    wh = torch.rand(40, 2, generator=g) * 90.0 + 0.2
-    boxes = torch.cat([xy, xy + wh], dim=1)
-    boxes[0] = torch.tensor([-50.0, -50.0, -10.0, -10.0])  # entirely outside
-    boxes[1] = torch.tensor([30.0, 30.0, 30.0, 30.0])  # degenerate
     boxes[2] = torch.tensor([40.2, 50.7, 40.9, 51.1])  # under a pixel
+    fn = paste_masks_opencv if paste == "opencv" else functools.partial(paste_masks_batched,
+                                                                        max_elements=2 * 120 * 160 * 7)  # 7 a chunk
     for thr in (0.0, 0.3, 0.5):
         ref = paste_masks_thresholded(probs, boxes, (120, 160), thr)
-        got = paste_masks_opencv(probs, boxes, (120, 160), thr)
+        got = fn(probs, boxes, (120, 160), thr)
         assert got.dtype == torch.bool and got.shape == ref.shape
         assert int((got != ref).sum()) <= 2, "only float rounding at the threshold may differ"
-    assert paste_masks_opencv(probs[:0], boxes[:0], (120, 160), 0.5).shape == (0, 2, 120, 160)
+    assert fn(probs[:0], boxes[:0], (120, 160), 0.5).shape == (0, 2, 120, 160)
 
 
 def test_naive_lifting_equals_the_vectorized_lifting(frame):

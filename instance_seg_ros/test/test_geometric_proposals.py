@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from roi_cases import overlapping_rois
 
 from instance_seg_ros.core.geometric_proposals import cluster_boxes
 from instance_seg_ros.core.support_plane import fit_support_plane
@@ -133,10 +134,8 @@ def test_mask_ownership_keep_paths_agree():
     g = torch.Generator().manual_seed(3)
     dropped = 0
     for _ in range(60):
-        n = int(torch.randint(2, 12, (1,), generator=g))
-        xy = torch.rand(n, 2, generator=g) * torch.tensor([100.0, 70.0]) - 10.0  # some reach over the border
-        boxes = torch.cat([xy, xy + torch.rand(n, 2, generator=g) * 60 + 2], dim=1)
-        probs = torch.nn.functional.avg_pool2d(torch.rand(n, 1, 28, 28, generator=g), 5, 1, 2)[:, 0] * 1.6 - 0.3
+        boxes, probs = overlapping_rois(g)
+        n = len(boxes)
         if bool(torch.rand(1, generator=g) < 0.3):
             probs = (probs > 0.5).float() * 0.9  # flat probabilities: ties everywhere
         scores = torch.sort(torch.rand(n, generator=g), descending=True).values
@@ -170,10 +169,8 @@ def test_mask_ownership_keep_with_the_opencv_coarse_paste():
 
     g = torch.Generator().manual_seed(5)
     for _ in range(60):
-        n = int(torch.randint(2, 12, (1,), generator=g))
-        xy = torch.rand(n, 2, generator=g) * torch.tensor([100.0, 70.0]) - 10.0
-        boxes = torch.cat([xy, xy + torch.rand(n, 2, generator=g) * 60 + 2], dim=1)
-        probs = torch.nn.functional.avg_pool2d(torch.rand(n, 1, 28, 28, generator=g), 5, 1, 2)[:, 0] * 1.6 - 0.3
+        boxes, probs = overlapping_rois(g)
+        n = len(boxes)
         scores = torch.sort(torch.rand(n, generator=g), descending=True).values
         stride = int(torch.randint(1, 5, (1,), generator=g))
         coarse = (-(-80 // stride), -(-96 // stride))

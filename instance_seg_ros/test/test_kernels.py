@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from roi_cases import overlapping_rois
 
 from instance_seg_ros.core import kernels
 from instance_seg_ros.core.geometry import _hull_candidates, _orthonormal_basis, support_boxes
@@ -174,10 +175,8 @@ def test_mask_ownership_settling_is_numpys(compiled):
 
     g = torch.Generator().manual_seed(4)
     for k in range(40):
-        n = int(torch.randint(2, 12, (1,), generator=g))
-        xy = torch.rand(n, 2, generator=g) * torch.tensor([100.0, 70.0]) - 10.0
-        boxes = torch.cat([xy, xy + torch.rand(n, 2, generator=g) * 60 + 2], dim=1)
-        probs = torch.nn.functional.avg_pool2d(torch.rand(n, 1, 28, 28, generator=g), 5, 1, 2)[:, 0] * 1.6 - 0.3
+        boxes, probs = overlapping_rois(g)
+        n = len(boxes)
         if k % 3 == 0:
             probs = (probs > 0.5).float() * 0.9  # ties everywhere
         scores = torch.sort(torch.rand(n, generator=g), descending=True).values
