@@ -4,6 +4,11 @@ A numpy expression over a cloud takes one pass over memory per operation: the oc
 boxes (:mod:`.geometry`) made about 60 passes over each footprint. These loops make one pass (or one per octagon
 edge, over memory that stays in cache) and do **the same float32 operations in the same order** as the numpy
 code, so the results are the same bit for bit; ``test_kernels.py`` checks that on random and degenerate inputs.
+The loops: the support boxes' octagon edge tests, footprint projection and point selection (:mod:`.geometry`);
+lifting with its depth-validity and flying-pixel tests (:mod:`.lifting`); the geometric proposals' foreground
+(:mod:`.geometric_proposals`); mask ownership's keep loop and pairwise settling (:mod:`.model.predictor`).
+Not here: steps that go through BLAS (the RANSAC scores, the support-plane check's heights), whose FMA kernels
+round differently from a plain loop.
 
 numba compiles each loop on first use (about a second, then cached on disk next to this file or in numba's
 per-user cache). :func:`warm_up` compiles them all on tiny inputs; the :class:`~.pipeline.Segmenter` calls it when

@@ -415,7 +415,8 @@ class Segmenter:
             support_boxes([cloud], SupportPlane(np.array([0.0, 0.0, -1.0]), 2.0, 1.0, 64))  # and cv2's import, ~25 ms
         self._log(
             f"model loaded: weights={m.weights} backbone={meta.backbone} input={meta.input_mode} "
-            f"classes={len(meta.classes) - 1} device={self.predictor.device} precision={m.precision}"
+            f"classes={len(meta.classes) - 1} device={self.predictor.device} precision={m.precision} "
+            f"cpu_loops={'numba' if kernels.ENABLED else 'numpy'}"
         )
 
     def update_config(self, config: Config) -> None:
