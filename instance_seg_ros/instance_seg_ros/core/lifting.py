@@ -387,11 +387,11 @@ def _lift_np(
             boxes.append((i, y0, y1, int(cols.argmax()), w - int(cols[::-1].argmax())))
     if not boxes:
         return stats, np.zeros((0, 3), np.float32), (np.zeros((0, 3), np.uint8) if c is not None else None)
-    # depth validity of the rows the boxes span (whole rows: contiguous passes beat skipping a few columns)
     if kernels.ENABLED and px == 0 and d.dtype == np.float32:  # compiled: depth validity only at mask pixels
         pts, cols_out = kernels.lift_boxes(d, m, np.array(boxes, np.int64).reshape(-1, 5), dmin, dmax, thr,
                                            (K.fx, K.fy, K.cx, K.cy), c, stats)
         return stats, pts, cols_out
+    # depth validity of the rows the boxes span (whole rows: contiguous passes beat skipping a few columns)
     uy0, uy1 = min(bx[1] for bx in boxes), max(bx[2] for bx in boxes)
     in_range, valid = _valid_rows(d, uy0, uy1, dmin, dmax, thr)
     sels = []

@@ -325,8 +325,9 @@ def mask_ownership_keep(
         threshold: in [0, 1]; 1 keeps every detection (overlaps are still given to one owner).
         inplace: settle the overlaps in ``masks`` itself instead of a copy (for a caller that owns ``masks``): the
             kept masks are moved up to its first rows and the result is a view of them.
-        opencv: paste the coarse probabilities with :func:`paste_probs_opencv` (CPU tensors; equal to a few 1e-6)
-            instead of :func:`paste_probs_batched`.
+        opencv: paste the coarse probabilities with OpenCV (as :func:`paste_probs_opencv`; CPU tensors; equal to a
+            few 1e-6) and form the ``score x probability`` weights region by region, instead of
+            :func:`paste_probs_batched` and whole-image products.
 
     Returns:
         (kept indices ``Tensor[K]`` long, in the input order; the kept masks ``Tensor[K, H, W]`` bool, disjoint).
