@@ -192,10 +192,7 @@ def _octagon_keep(x: np.ndarray, y: np.ndarray, fbuf: np.ndarray, bbuf: np.ndarr
     if np.count_nonzero(edge) < 3:  # the extreme points are collinear (or one point): no inside
         keep[:] = True
         return keep
-    if x.dtype == np.float32:
-        kernels.edge_tests(x, y, px[edge], py[edge], ex[edge], ey[edge], np.float32(tol), keep, t1, t2, c)
-    else:  # float64 (the general fit's flat clouds): numpy, in the points' dtype
-        kernels._edge_tests_np(x, y, px[edge], py[edge], ex[edge], ey[edge], tol, keep, t1, t2, c)
+    kernels.edge_tests(x, y, px[edge], py[edge], ex[edge], ey[edge], tol, keep, t1, t2, c)
     keep[ext] = True
     return keep
 

@@ -114,9 +114,9 @@ def _select_pairs_loop(x, y, keep, out):  # pragma: no cover - compiled by numba
     return k
 
 
-def _lift_codes_loop(d, m, boxes, dmin, dmax, check_pos, thr, stats, code):  # pragma: no cover - numba
-    """Per box pixel (boxes in order, row-major): 0 = not in the mask, 1 = in it, 2 = and its depth in range,
-    3 = and not a flying pixel (a point); the counts into ``stats``."""
+def _lift_codes_loop(d, m, boxes, dmin, dmax, check_pos, thr, stats, point):  # pragma: no cover - numba
+    """Per box pixel (boxes in order, row-major): ``point`` = in the mask, depth in range and not a flying pixel;
+    the counts of mask pixels, of those with depth in range and of points into ``stats``."""
     h, w = d.shape
     o = 0
     for b in range(boxes.shape[0]):
@@ -130,28 +130,27 @@ def _lift_codes_loop(d, m, boxes, dmin, dmax, check_pos, thr, stats, code):  # p
             up = d[y - 1] if y > 0 else drow
             down = d[y + 1] if y + 1 < h else drow
             for x in range(x0, x1):
-                k = 0
+                ok = False
                 if mrow[x]:
                     n_pix += 1
-                    k = 1
                     z = drow[x]
                     if z >= dmin and z <= dmax and (not check_pos or z > 0):  # NaN compares False
                         n_cov += 1
-                        k = 3
+                        ok = True
                         if thr > 0:  # a 4-neighbour more than thr * z away (NaN neighbours compare False)
                             t = thr * z
                             if ((x > 0 and abs(drow[x - 1] - z) > t) or (x + 1 < w and abs(drow[x + 1] - z) > t)
                                     or abs(up[x] - z) > t or abs(down[x] - z) > t):
-                                k = 2
-                        n_pts += k == 3
-                code[o] = k
+                                ok = False
+                        n_pts += ok
+                point[o] = ok
                 o += 1
         stats[0, i] = n_pix
         stats[1, i] = n_cov
         stats[2, i] = n_pts
 
 
-def _lift_gather_loop(d, boxes, code, ucx, vcy, fx, fy, color, pts, cols):  # pragma: no cover - numba
+def _lift_gather_loop(d, boxes, point, ucx, vcy, fx, fy, color, pts, cols):  # pragma: no cover - numba
     o = 0
     j = 0
     with_color = cols.shape[0] > 0
@@ -162,7 +161,7 @@ def _lift_gather_loop(d, boxes, code, ucx, vcy, fx, fy, color, pts, cols):  # pr
             drow = d[y]
             crow = color[y] if with_color else color[0]
             for x in range(x0, x1):
-                if code[j] == 3:
+                if point[j]:
                     z = drow[x]
                     t = z / fx
                     pts[o, 0] = ucx[x] * t
@@ -255,7 +254,7 @@ def _alive_loop(q, limit, alive):  # pragma: no cover - numba
                 owned[best] += 1
         drop = -1
         for i in range(n):
-            share = np.float32(1.0) if area[i] == 0 else np.float32(owned[i]) / np.float32(max(area[i], 1))
+            share = np.float32(1.0) if area[i] == 0 else np.float32(owned[i]) / np.float32(area[i])
             if alive[i] and share < limit:
                 drop = i  # the last (lowest-scored) loser
         if drop < 0:
@@ -277,15 +276,15 @@ if numba is not None:  # pragma: no branch
 
 
 def edge_tests(x: np.ndarray, y: np.ndarray, ax: np.ndarray, ay: np.ndarray, vx: np.ndarray, vy: np.ndarray,
-               tol: np.float32, keep: np.ndarray, t1: np.ndarray, t2: np.ndarray, c: np.ndarray) -> None:
-    """``keep`` (bool [N]) = the points ``(x, y)`` (float32 [N]) on or outside at least one of the edges
-    ``(ax[k], ay[k])`` + t ``(vx[k], vy[k])`` (float32 [E], E >= 1): ``vx * (y - ay) - vy * (x - ax) <= tol``,
-    every step rounded to float32 as numpy does it. ``t1``, ``t2`` (float32 [N]) and ``c`` (bool [N]) are scratch
-    for the numpy version."""
-    if ENABLED:
+               tol: float, keep: np.ndarray, t1: np.ndarray, t2: np.ndarray, c: np.ndarray) -> None:
+    """``keep`` (bool [N]) = the points ``(x, y)`` ([N], float32 or float64) on or outside at least one of the edges
+    ``(ax[k], ay[k])`` + t ``(vx[k], vy[k])`` ([E] of that dtype, E >= 1): ``vx * (y - ay) - vy * (x - ax) <=
+    tol``, every step rounded to the points' dtype as numpy does it (float32 points: compiled; float64: numpy).
+    ``t1``, ``t2`` ([N], the points' dtype) and ``c`` (bool [N]) are scratch for the numpy version."""
+    if ENABLED and x.dtype == np.float32:
         _edge_tests_nb(x, y, ax, ay, vx, vy, np.float32(tol), keep)
     else:
-        _edge_tests_np(x, y, ax, ay, vx, vy, np.float32(tol), keep, t1, t2, c)
+        _edge_tests_np(x, y, ax, ay, vx, vy, tol, keep, t1, t2, c)
 
 
 def project(p: np.ndarray, b: np.ndarray, out: np.ndarray, t: np.ndarray) -> None:
@@ -311,37 +310,33 @@ def select_pairs(x: np.ndarray, y: np.ndarray, keep: np.ndarray, out: np.ndarray
 
 
 def lift_boxes(d: np.ndarray, m: np.ndarray, boxes: np.ndarray, dmin: float, dmax: float, thr: float,
-               K_c: tuple[float, float, float, float], color: np.ndarray | None, stats: np.ndarray
-               ) -> tuple[np.ndarray, np.ndarray | None]:
+               ucx: np.ndarray, vcy: np.ndarray, fx: np.float32, fy: np.float32, color: np.ndarray | None,
+               stats: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
     """The compiled body of :func:`~.lifting.lift_instances`' numpy path (``erode_px = 0``, float32 depth): one
     pass over the boxes' pixels classifies each (mask, depth in range, flying pixel) and counts, a second gathers
     the points. Same rules and float32 operations as :func:`~.lifting._valid_rows` and the numpy gathers: depth
-    range and flying-pixel threshold compared in float32, points ``((u - cx) * (z / fx), (v - cy) * (z / fy), z)``.
+    range and flying-pixel threshold compared in float32, points ``(ucx[u] * (z / fx), vcy[v] * (z / fy), z)``.
     Only with :data:`ENABLED`.
 
     Args:
         d (float32 [H, W]): depth. m (bool [N, H, W]): masks. boxes (int64 [B, 5]): ``(i, y0, y1, x0, x1)`` of each
-            non-empty mask. K_c: ``(fx, fy, cx, cy)``. color (uint8 [H, W, 3] | None). stats (int64 [3, N]): filled
-            with the mask pixels, those with depth in range, the points.
+            non-empty mask. ucx, vcy (float32 [W], [H]): ``u - cx``, ``v - cy``. color (uint8 [H, W, 3] | None).
+            stats (int64 [3, N]): filled with the mask pixels, those with depth in range, the points.
 
     Returns:
         points float32 [M, 3] and colors uint8 [M, 3] (None without color), mask by mask in ``boxes`` order,
         row-major inside each box.
     """
-    h, w = d.shape
-    fx, fy, cx, cy = K_c
     d = np.ascontiguousarray(d)  # one compiled layout (no copy for the pipeline's arrays)
     color = None if color is None else np.ascontiguousarray(color)
     area = int(((boxes[:, 2] - boxes[:, 1]) * (boxes[:, 4] - boxes[:, 3])).sum()) if boxes.shape[0] else 0
-    code = np.empty(area, np.uint8)
-    _lift_codes_nb(d, m, boxes, np.float32(dmin), np.float32(dmax), not dmin > 1e-30, np.float32(thr), stats, code)
+    point = np.empty(area, bool)
+    _lift_codes_nb(d, m, boxes, np.float32(dmin), np.float32(dmax), not dmin > 1e-30, np.float32(thr), stats, point)
     total = int(stats[2].sum())
     pts = np.empty((total, 3), np.float32)
     cols = np.empty((total if color is not None else 0, 3), np.uint8)
-    ucx = np.arange(w).astype(np.float32) - np.float32(cx)
-    vcy = np.arange(h).astype(np.float32) - np.float32(cy)
-    _lift_gather_nb(d, boxes, code, ucx, vcy, np.float32(fx), np.float32(fy),
-                    np.zeros((1, 1, 3), np.uint8) if color is None else color, pts, cols)
+    _lift_gather_nb(d, boxes, point, ucx, vcy, fx, fy, np.zeros((1, 1, 3), np.uint8) if color is None else color,
+                    pts, cols)
     return pts, (cols if color is not None else None)
 
 
@@ -390,8 +385,8 @@ def warm_up() -> float:
     depth = np.ones((4, 4), np.float32)
     for masks in (np.zeros((2, 2, 4, 4), bool)[:, 0], np.zeros((2, 4, 4), bool)):  # the paste's strided stack, and C
         for color in (np.zeros((4, 4, 3), np.uint8), None):
-            lift_boxes(depth, masks, np.array([[0, 0, 1, 0, 1]], np.int64), 0.1, 5.0, 0.03, (1.0, 1.0, 0.0, 0.0),
-                       color, np.zeros((3, 2), np.int64))
+            lift_boxes(depth, masks, np.array([[0, 0, 1, 0, 1]], np.int64), 0.1, 5.0, 0.03, f, f, np.float32(1),
+                       np.float32(1), color, np.zeros((3, 2), np.int64))
     cluster_foreground(depth[::2, ::2], f[:2], f[:2], np.ones(3, np.float32), 0.0, 0.01, 0.03)
     alive(np.zeros((2, 3), np.float32), 0.5)
     pair = np.zeros((1, 2), np.int64)

@@ -387,9 +387,13 @@ def _lift_np(
             boxes.append((i, y0, y1, int(cols.argmax()), w - int(cols[::-1].argmax())))
     if not boxes:
         return stats, np.zeros((0, 3), np.float32), (np.zeros((0, 3), np.uint8) if c is not None else None)
+    # (u - cx), (v - cy) and the focal lengths as _project computes with them (float32)
+    ucx = np.arange(w).astype(np.float32) - np.float32(K.cx)
+    vcy = np.arange(h).astype(np.float32) - np.float32(K.cy)
+    fx, fy = np.float32(K.fx), np.float32(K.fy)
     if kernels.ENABLED and px == 0 and d.dtype == np.float32:  # compiled: depth validity only at mask pixels
         pts, cols_out = kernels.lift_boxes(d, m, np.array(boxes, np.int64).reshape(-1, 5), dmin, dmax, thr,
-                                           (K.fx, K.fy, K.cx, K.cy), c, stats)
+                                           ucx, vcy, fx, fy, c, stats)
         return stats, pts, cols_out
     # depth validity of the rows the boxes span (whole rows: contiguous passes beat skipping a few columns)
     uy0, uy1 = min(bx[1] for bx in boxes), max(bx[2] for bx in boxes)
@@ -411,12 +415,9 @@ def _lift_np(
     cols_out = np.empty((total, 3), np.uint8) if c is not None else None
     if total == 0:
         return stats, pts, cols_out
-    # the gathers below are boolean masks of 2D views (row-major, no index arrays): depth, (u - cx) and (v - cy) as
-    # _project computes them (float32), and the color pixels as 3-byte items
+    # the gathers below are boolean masks of 2D views (row-major, no index arrays): depth, (u - cx) and (v - cy), and
+    # the color pixels as 3-byte items
     z32 = d if d.dtype == np.float32 else d.astype(np.float32)
-    ucx = np.arange(w).astype(np.float32) - np.float32(K.cx)
-    vcy = np.arange(h).astype(np.float32) - np.float32(K.cy)
-    fx, fy = np.float32(K.fx), np.float32(K.fy)
     if c is not None:
         if c.strides[-1] != 1:
             c = np.ascontiguousarray(c)

@@ -431,13 +431,12 @@ def _settle_pairs_np(out: np.ndarray, qk: np.ndarray, ib: np.ndarray, stride: in
     hi = np.minimum(ib[:, None, 2:], ib[None, :, 2:]) + 1
     hi[..., 0] = hi[..., 0].clip(max=w)
     hi[..., 1] = hi[..., 1].clip(max=h)
+    first, second = np.nonzero(np.triu((hi > lo).all(axis=2), k=1))  # the pairs whose paste boxes intersect
     if kernels.ENABLED:  # the same pairs in the same order, pixel by pixel in one compiled loop
-        i, j = np.nonzero(np.triu((hi > lo).all(axis=2), k=1))
-        pairs = np.stack([i, j], axis=1).astype(np.int64)
-        kernels.settle_pairs(out, np.ascontiguousarray(qk, np.float32), pairs, lo[i, j].astype(np.int64),
-                             hi[i, j].astype(np.int64), stride)
+        kernels.settle_pairs(out, np.ascontiguousarray(qk, np.float32), np.stack([first, second], axis=1),
+                             lo[first, second], hi[first, second], stride)
         return
-    for i, j in zip(*np.nonzero(np.triu((hi > lo).all(axis=2), k=1)), strict=True):
+    for i, j in zip(first, second, strict=True):
         (x0, y0), (x1, y1) = lo[i, j], hi[i, j]
         ys, xs = np.nonzero(out[i, y0:y1, x0:x1] & out[j, y0:y1, x0:x1])
         if len(ys) == 0:
